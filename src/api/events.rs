@@ -1,0 +1,325 @@
+//! `/v1/events`: ingest (one or a batch), an event with its delivery status, its attempts.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::json::{ApiJson, parse};
+use crate::error::ApiError;
+use crate::history;
+use crate::ingest::{Accepted, TraceContext};
+use crate::model::{AttemptRecord, DeliveryStatus, EventId, NewEvent};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/events", post(post_event))
+        .route("/v1/events/batch", post(post_batch))
+        .route("/v1/events/{id}", get(get_event))
+        .route("/v1/events/{id}/attempts", get(get_attempts))
+}
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::Invalid("Idempotency-Key must be visible ASCII".into()))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::Invalid(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn trace_context(headers: &HeaderMap) -> TraceContext {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 512)
+            .map(String::from)
+    };
+    TraceContext {
+        traceparent: get("traceparent"),
+        tracestate: get("tracestate"),
+    }
+}
+
+fn accepted_response(accepted: Accepted) -> Response {
+    let status = if accepted.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, axum::Json(accepted)).into_response()
+}
+
+/// Ingest one event.
+#[utoipa::path(post, path = "/v1/events", request_body = NewEvent,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe for 24 h")),
+    responses(
+        (status = 202, description = "Accepted: stored durably", body = Accepted),
+        (status = 200, description = "A repeat of an accepted event", body = Accepted),
+        (status = 400, description = "Invalid JSON or event"),
+        (status = 413, description = "Body over the limit"),
+        (status = 415, description = "Not application/json"),
+        (status = 503, description = "NATS down or stream full; see Retry-After"),
+    ))]
+pub async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(event): ApiJson<NewEvent>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let accepted = state
+        .ingestor
+        .ingest(event, key.as_deref(), &trace_context(&headers))
+        .await?;
+    Ok(accepted_response(accepted))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    #[schema(value_type = Vec<NewEvent>)]
+    pub events: Vec<Box<RawValue>>,
+}
+
+/// One item's result: `{id, duplicate, status}` or `{error, status}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+}
+
+/// Ingest up to `events.max_batch` events; each item is accepted or refused on its own.
+#[utoipa::path(post, path = "/v1/events/batch", request_body = BatchRequest,
+    responses((status = 200, description = "One result per item, in order", body = Vec<BatchItem>)))]
+pub async fn post_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(batch): ApiJson<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let max = state.cfg.events.max_batch;
+    if batch.events.is_empty() || batch.events.len() > max {
+        return Err(ApiError::Invalid(format!(
+            "a batch holds 1 to {max} events"
+        )));
+    }
+    let key = idempotency_key(&headers)?;
+    let trace = trace_context(&headers);
+    let results: Vec<BatchItem> = futures::stream::iter(batch.events.into_iter().enumerate())
+        .map(|(i, raw)| {
+            let state = state.clone();
+            let trace = trace.clone();
+            // A batch-level key makes each item's key `<key>/<index>`.
+            let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
+            async move {
+                let outcome = async {
+                    let event: NewEvent = parse(raw.get().as_bytes())?;
+                    Ok::<_, ApiError>(
+                        state
+                            .ingestor
+                            .ingest(event, item_key.as_deref(), &trace)
+                            .await?,
+                    )
+                }
+                .await;
+                match outcome {
+                    Ok(a) => BatchItem {
+                        status: if a.duplicate { 200 } else { 202 },
+                        id: Some(a.id),
+                        duplicate: Some(a.duplicate),
+                        error: None,
+                    },
+                    Err(e) => BatchItem {
+                        status: e.status().as_u16(),
+                        id: None,
+                        duplicate: None,
+                        error: Some(e.body()["error"].clone()),
+                    },
+                }
+            }
+        })
+        // Many publishes in flight at once; results keep the request's order.
+        .buffered(128)
+        .collect()
+        .await;
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "results": results })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationDelivery {
+    pub destination_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<AttemptRecord>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: String,
+    pub tenant: String,
+    pub stream_seq: u64,
+    /// The envelope; null once retention removed the event.
+    #[schema(value_type = Object)]
+    pub event: Option<serde_json::Value>,
+    pub deliveries: Vec<DestinationDelivery>,
+}
+
+fn event_id(raw: &str) -> Result<EventId, ApiError> {
+    EventId::parse(raw).map_err(|_| ApiError::NotFound(format!("event {raw} not found")))
+}
+
+/// The event and its delivery status per destination.
+#[utoipa::path(get, path = "/v1/events/{id}",
+    responses((status = 200, body = EventView), (status = 404, description = "Unknown id")))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EventView>, ApiError> {
+    let id = event_id(&id)?;
+    let stored = history::find_event(&state.broker, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
+    let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
+    for a in attempts {
+        per_destination
+            .entry(a.destination_id.clone())
+            .or_default()
+            .push(a);
+    }
+    // Destinations that want the event but have no attempt yet are pending.
+    for dest in wanting_destinations(&state, &stored).await? {
+        per_destination.entry(dest).or_default();
+    }
+    let deliveries = per_destination
+        .into_iter()
+        .map(|(destination_id, records)| {
+            let last = records.last().cloned();
+            DestinationDelivery {
+                destination_id,
+                status: DeliveryStatus::from_last_attempt(last.as_ref()),
+                attempts: last.as_ref().map_or(0, |a| a.attempt),
+                last_attempt: last,
+            }
+        })
+        .collect();
+    Ok(axum::Json(EventView {
+        id: id.to_string(),
+        tenant: stored.tenant,
+        stream_seq: stored.seq,
+        event: stored.envelope,
+        deliveries,
+    }))
+}
+
+async fn wanting_destinations(
+    state: &AppState,
+    stored: &history::StoredEvent,
+) -> Result<Vec<String>, ApiError> {
+    if let Some(dest) = &stored.directed_to {
+        return Ok(vec![dest.clone()]);
+    }
+    let Some(event_type) = stored
+        .envelope
+        .as_ref()
+        .and_then(|e| e.get("type"))
+        .and_then(|t| t.as_str())
+    else {
+        return Ok(Vec::new());
+    };
+    if let Some(registry) = &state.registry {
+        return Ok(registry
+            .matching(&stored.tenant, event_type)
+            .iter()
+            .map(|d| d.to_string())
+            .collect());
+    }
+    let tenant = crate::model::TenantId::parse(stored.tenant.clone())
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = state
+            .destinations
+            .list(Some(&tenant), cursor.as_deref(), 1000)
+            .await?;
+        out.extend(
+            page.iter()
+                .filter(|d| d.accepts(event_type))
+                .map(|d| d.id.to_string()),
+        );
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationAttempts {
+    pub destination_id: String,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptsView {
+    pub event_id: String,
+    pub destinations: Vec<DestinationAttempts>,
+}
+
+/// Every attempt of the event, per destination, oldest first.
+#[utoipa::path(get, path = "/v1/events/{id}/attempts",
+    responses((status = 200, body = AttemptsView), (status = 404, description = "Unknown id")))]
+pub async fn get_attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AttemptsView>, ApiError> {
+    let id = event_id(&id)?;
+    let stored = history::find_event(&state.broker, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
+    for a in history::attempts_of(&state.broker, &stored.tenant, &id).await? {
+        per_destination
+            .entry(a.destination_id.clone())
+            .or_default()
+            .push(a);
+    }
+    Ok(axum::Json(AttemptsView {
+        event_id: id.to_string(),
+        destinations: per_destination
+            .into_iter()
+            .map(|(destination_id, attempts)| DestinationAttempts {
+                destination_id,
+                attempts,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,137 @@
+//! The HTTP API: one router per resource, the shared state, and the middleware that every
+//! route goes through (body limit, timeout, request metrics, Retry-After on 503).
+
+pub mod destinations;
+pub mod events;
+pub mod health;
+pub mod json;
+pub mod openapi;
+pub mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::delivery::registry::Registry;
+use crate::destinations::DestinationStore;
+use crate::error::ApiError;
+use crate::ingest::Ingestor;
+use crate::telemetry::metrics as m;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Broker,
+    pub cfg: Arc<Config>,
+    pub ingestor: Ingestor,
+    pub destinations: DestinationStore,
+    /// The worker's view of the destinations, when this process runs a worker.
+    pub registry: Option<Arc<Registry>>,
+    /// False until the worker (if any) has loaded destinations and done its first sweep.
+    pub worker_ready: Arc<AtomicBool>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn is_worker_ready(&self) -> bool {
+        self.worker_ready.load(Ordering::Acquire)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.cfg.api.body_limit_bytes;
+    let timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
+    let retry_after = state.cfg.api.retry_after_secs.max(1);
+    Router::new()
+        .merge(events::router())
+        .merge(destinations::router())
+        .merge(stats::router())
+        .merge(health::router())
+        .merge(openapi::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(
+            retry_after,
+            retry_after_on_503,
+        ))
+        .layer(middleware::from_fn(count_requests))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn retry_after_on_503(State(secs): State<u64>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs.to_string()).expect("digits are a valid header value"),
+        );
+    }
+    response
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    metrics::counter!(
+        m::HTTP_REQUESTS,
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// `?limit=` and `?cursor=` of list routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct Page {
+    /// At most this many items (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only this tenant's items.
+    pub tenant: Option<String>,
+}
+
+impl Page {
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n @ 1..=1000) => Ok(n),
+            Some(_) => Err(ApiError::Invalid("limit must be 1 to 1000".into())),
+        }
+    }
+
+    pub fn tenant(&self) -> Result<Option<crate::model::TenantId>, ApiError> {
+        self.tenant
+            .as_deref()
+            .map(crate::model::TenantId::parse)
+            .transpose()
+            .map_err(|e| ApiError::Invalid(e.to_string()))
+    }
+}
+
+/// Rejections of `Path` and `Query` in the API's error format.
+pub fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Invalid(e.to_string())
+}

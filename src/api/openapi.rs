@@ -1,0 +1,59 @@
+//! The OpenAPI document, generated from the handlers and types.
+
+use axum::Router;
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use super::AppState;
+use super::{destinations, events, health, stats};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hookstream",
+        description = "Webhook delivery on NATS JetStream"
+    ),
+    paths(
+        events::post_event,
+        events::post_batch,
+        events::get_event,
+        events::get_attempts,
+        destinations::create,
+        destinations::list,
+        destinations::read,
+        destinations::replace,
+        destinations::patch,
+        destinations::remove,
+        destinations::rotate_secret,
+        destinations::pause,
+        destinations::resume,
+        destinations::send_test,
+        stats::stats,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+    ),
+    components(schemas(
+        crate::model::NewEvent,
+        crate::model::DestinationInput,
+        crate::model::DestinationPatch,
+        crate::model::DestinationView,
+        crate::model::AttemptRecord,
+        crate::ingest::Accepted,
+        events::BatchRequest,
+        events::BatchItem,
+        events::EventView,
+        events::AttemptsView,
+        destinations::RotateSecret,
+        destinations::DestinationList,
+        stats::StatsList,
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/openapi.json",
+        get(|| async { axum::Json(ApiDoc::openapi()) }),
+    )
+}

@@ -1,0 +1,220 @@
+//! The application: `App::build(cfg)` connects to NATS (or starts the embedded server),
+//! sets up streams and buckets and binds the listener; `run_until_stopped(token)` serves
+//! the API and runs the workers until the token is cancelled, then shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::api::{self, AppState};
+use crate::broker::embedded::{EmbeddedError, EmbeddedServer};
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::delivery::Worker;
+use crate::delivery::registry::Registry;
+use crate::delivery::sender::Sender;
+use crate::delivery::ssrf::SsrfPolicy;
+use crate::destinations::DestinationStore;
+use crate::ingest::Ingestor;
+use crate::telemetry;
+
+/// Which parts this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API and workers.
+    Serve,
+    /// The HTTP API only (ingest and management).
+    Api,
+    /// Workers only; the listener serves health and metrics.
+    Worker,
+}
+
+impl Role {
+    fn runs_api(self) -> bool {
+        matches!(self, Role::Serve | Role::Api)
+    }
+
+    fn runs_worker(self) -> bool {
+        matches!(self, Role::Serve | Role::Worker)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP client could not be built: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+pub struct App {
+    cfg: Arc<Config>,
+    role: Role,
+    broker: Broker,
+    embedded: Option<EmbeddedServer>,
+    listener: TcpListener,
+    state: AppState,
+    sender: Sender,
+}
+
+impl App {
+    /// API and workers in one process (`hookstream serve`).
+    pub async fn build(cfg: Config) -> Result<Self, AppError> {
+        Self::build_with_role(cfg, Role::Serve).await
+    }
+
+    pub async fn build_with_role(cfg: Config, role: Role) -> Result<Self, AppError> {
+        let cfg = Arc::new(cfg);
+        let (url, embedded) = match &cfg.nats.url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let server = EmbeddedServer::start(&cfg.nats.embedded).await?;
+                (server.url().to_string(), Some(server))
+            }
+        };
+        let broker = Broker::connect(&url, &cfg).await?;
+        info!(%url, ?role, "NATS ready: streams and buckets in place");
+
+        let ssrf = Arc::new(SsrfPolicy::from_config(&cfg.security));
+        let sender = Sender::new(
+            ssrf.clone(),
+            &format!("hookstream/{}", env!("CARGO_PKG_VERSION")),
+        )?;
+        let destinations = DestinationStore::new(broker.clone(), cfg.clone(), ssrf);
+        let state = AppState {
+            broker: broker.clone(),
+            cfg: cfg.clone(),
+            ingestor: Ingestor::new(broker.clone(), destinations.clone()),
+            destinations,
+            registry: None,
+            worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
+            metrics: telemetry::metrics::install(),
+        };
+        let addr = cfg.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            cfg,
+            role,
+            broker,
+            embedded,
+            listener,
+            state,
+            sender,
+        })
+    }
+
+    /// The address the listener is bound to (port 0 in config becomes a real port).
+    pub fn api_address(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) -> Result<(), AppError> {
+        let tracker = TaskTracker::new();
+        // Workers stop on their own token, after the HTTP server has stopped accepting.
+        let workers_token = CancellationToken::new();
+
+        let registry = Arc::new(Registry::default());
+        if self.role.runs_worker() {
+            self.start_worker(&tracker, &workers_token, &stop);
+        } else {
+            self.state.registry = None;
+        }
+        let _ = registry;
+
+        let router = if self.role.runs_api() {
+            api::router(self.state.clone())
+        } else {
+            api::health::router().with_state(self.state.clone())
+        };
+        let addr = self.api_address();
+        info!(?addr, role = ?self.role, "listening");
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await;
+
+        // Stop taking new work, let in-flight deliveries finish within the grace period.
+        workers_token.cancel();
+        tracker.close();
+        let grace = Duration::from_millis(self.cfg.delivery.shutdown_grace_ms);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!("grace period over; unacknowledged messages will be redelivered");
+        }
+        // Acks are fire-and-forget publishes: flush them before the connection goes.
+        if let Err(e) = self.broker.client.flush().await {
+            warn!(error = %e, "final flush to NATS failed");
+        }
+        if let Some(server) = self.embedded.take() {
+            server.stop().await;
+        }
+        info!("stopped");
+        served.map_err(AppError::Serve)
+    }
+
+    /// Starts the worker in the background: the API answers (and /readyz says "loading")
+    /// while it loads destinations.
+    fn start_worker(
+        &mut self,
+        tracker: &TaskTracker,
+        token: &CancellationToken,
+        stop: &CancellationToken,
+    ) {
+        let broker = self.broker.clone();
+        let cfg = self.cfg.clone();
+        let store = self.state.destinations.clone();
+        let sender = self.sender.clone();
+        let ready = self.state.worker_ready.clone();
+        let tracker_inner = tracker.clone();
+        let token = token.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                let started = Worker::start(
+                    broker.clone(),
+                    cfg.clone(),
+                    store.clone(),
+                    sender.clone(),
+                    tracker_inner.clone(),
+                    token.clone(),
+                )
+                .await;
+                match started {
+                    Ok(worker) => {
+                        ready.store(worker.is_ready(), Ordering::Release);
+                        info!(destinations = worker.registry.len(), "worker ready");
+                        return;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "worker could not start; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,101 @@
+//! async-nats has one error type per call; the rest of hookstream only needs to know what
+//! kind of failure it was. They are classified here, once.
+
+use async_nats::jetstream::ErrorCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerErrorKind {
+    /// NATS or JetStream cannot be reached or did not answer in time: retry later (503).
+    Unavailable,
+    /// The stream or account is out of storage (discard new): back-pressure (503).
+    StorageFull,
+    /// The stream refuses more consumers (`max_consumers`).
+    ConsumerLimit,
+    NotFound,
+    /// Optimistic-concurrency conflict or a name that exists already.
+    Conflict,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct BrokerError {
+    pub kind: BrokerErrorKind,
+    pub context: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BrokerError {
+    pub fn new(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let source = source.into();
+        let kind = classify(source.as_ref());
+        Self {
+            kind,
+            context,
+            source,
+        }
+    }
+
+    pub fn with_kind(
+        kind: BrokerErrorKind,
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            kind,
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+/// Walks the source chain: a JetStream API error decides by its code, anything else by
+/// what the client said (timeouts, closed connections, no responders).
+fn classify(err: &(dyn std::error::Error + 'static)) -> BrokerErrorKind {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+            return match js.error_code() {
+                ErrorCode::STREAM_STORE_FAILED
+                | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                | ErrorCode::INSUFFICIENT_RESOURCES
+                | ErrorCode::MEMORY_RESOURCES_EXCEEDED
+                | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED => BrokerErrorKind::StorageFull,
+                ErrorCode::MAXIMUM_CONSUMERS_LIMIT => BrokerErrorKind::ConsumerLimit,
+                ErrorCode::CONSUMER_NOT_FOUND
+                | ErrorCode::STREAM_NOT_FOUND
+                | ErrorCode::SEQUENCE_NOT_FOUND
+                | ErrorCode::CONSUMER_DOES_NOT_EXIST => BrokerErrorKind::NotFound,
+                ErrorCode::STREAM_NAME_EXIST
+                | ErrorCode::CONSUMER_NAME_EXIST
+                | ErrorCode::CONSUMER_ALREADY_EXISTS => BrokerErrorKind::Conflict,
+                _ if js.code() == 503 => BrokerErrorKind::Unavailable,
+                _ => BrokerErrorKind::Other,
+            };
+        }
+        current = e.source();
+    }
+    let text = err.to_string().to_ascii_lowercase();
+    if text.contains("timed out")
+        || text.contains("timeout")
+        || text.contains("no responders")
+        || text.contains("broken pipe")
+        || text.contains("disconnected")
+        || text.contains("connection")
+        || text.contains("jetstream not enabled")
+    {
+        BrokerErrorKind::Unavailable
+    } else if text.contains("maximum bytes") || text.contains("resource limits") {
+        BrokerErrorKind::StorageFull
+    } else if text.contains("wrong last sequence") || text.contains("already exists") {
+        BrokerErrorKind::Conflict
+    } else if text.contains("not found") {
+        BrokerErrorKind::NotFound
+    } else {
+        BrokerErrorKind::Other
+    }
+}

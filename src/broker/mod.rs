@@ -1,0 +1,111 @@
+//! Everything that knows NATS: names, stream and bucket definitions, destination
+//! consumers, pulls, the embedded server, and error classification.
+
+pub mod consumers;
+pub mod embedded;
+pub mod error;
+pub mod names;
+pub mod pull;
+pub mod setup;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream::Stream};
+use async_nats::{Client, ConnectOptions};
+use tracing::{info, warn};
+
+pub use error::{BrokerError, BrokerErrorKind};
+pub use names::Subjects;
+
+use crate::config::Config;
+
+/// The connection and every stream and bucket handle, made once at start.
+#[derive(Clone)]
+pub struct Broker {
+    pub client: Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub events: Stream,
+    pub dlq: Stream,
+    pub attempts: Stream,
+    pub stats: Stream,
+    pub destinations: kv::Store,
+    pub idempotency: kv::Store,
+}
+
+impl Broker {
+    /// Connects (reconnecting forever afterwards) and creates or updates the streams and
+    /// buckets.
+    pub async fn connect(url: &str, cfg: &Config) -> Result<Self, BrokerError> {
+        let mut options = ConnectOptions::new()
+            .name("hookstream")
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(cfg.request_timeout()))
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => warn!("disconnected from NATS"),
+                    async_nats::Event::Connected => info!("connected to NATS"),
+                    other => info!(event = %other, "NATS connection event"),
+                }
+            });
+        if let Some(creds) = &cfg.nats.credentials_file {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| BrokerError::new("reading NATS credentials", e))?;
+        }
+        let client = options.connect(url).await.map_err(|e| {
+            BrokerError::with_kind(BrokerErrorKind::Unavailable, "connecting to NATS", e)
+        })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(cfg.request_timeout())
+            .build(client.clone());
+        let subjects = Subjects::new(&cfg.subject_prefix);
+
+        let events = setup::ensure_stream(&js, setup::events_stream(cfg, &subjects)).await?;
+        let dlq = setup::ensure_stream(&js, setup::dlq_stream(cfg, &subjects)).await?;
+        let attempts = setup::ensure_stream(&js, setup::attempts_stream(cfg, &subjects)).await?;
+        let stats = setup::ensure_stream(&js, setup::stats_stream(cfg, &subjects)).await?;
+        let destinations = setup::ensure_bucket(&js, setup::destinations_bucket(cfg)).await?;
+        let idempotency = setup::ensure_bucket(&js, setup::idempotency_bucket(cfg)).await?;
+        Ok(Self {
+            client,
+            js,
+            subjects,
+            events,
+            dlq,
+            attempts,
+            stats,
+            destinations,
+            idempotency,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Readiness: connected, and JetStream answers for the events stream.
+    pub async fn check_ready(&self) -> Result<(), BrokerError> {
+        if !self.is_connected() {
+            return Err(BrokerError::with_kind(
+                BrokerErrorKind::Unavailable,
+                "checking readiness",
+                "not connected to NATS",
+            ));
+        }
+        self.js
+            .get_stream_no_info(names::EVENTS_STREAM)
+            .await
+            .map_err(|e| BrokerError::new("checking readiness", e))?
+            .get_info()
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::new("checking readiness", e))
+    }
+
+    pub fn puller(&self, timeout: Duration) -> pull::Puller {
+        pull::Puller::new(self.js.clone(), names::EVENTS_STREAM, timeout)
+    }
+}

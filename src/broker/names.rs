@@ -1,0 +1,180 @@
+//! Every NATS name hookstream uses, spelled in one place: subjects, streams, consumers,
+//! buckets and headers. Nothing outside `broker/` formats a subject.
+
+use crate::model::{DestinationId, EventId, EventType, TenantId};
+
+pub const EVENTS_STREAM: &str = "HS_EVENTS";
+pub const DLQ_STREAM: &str = "HS_DLQ";
+pub const ATTEMPTS_STREAM: &str = "HS_ATTEMPTS";
+/// Delivery counters per destination (a JetStream counter stream, `Nats-Incr`).
+pub const STATS_STREAM: &str = "HS_STATS";
+pub const DESTINATIONS_BUCKET: &str = "hs_destinations";
+pub const IDEMPOTENCY_BUCKET: &str = "hs_idempotency";
+
+/// Header names on messages of `HS_EVENTS` and `HS_DLQ`.
+pub mod headers {
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const EVENT_TYPE: &str = "Hs-Event-Type";
+    pub const TENANT: &str = "Hs-Tenant";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    pub const DLQ_REASON: &str = "Hs-Dlq-Reason";
+    pub const ATTEMPTS: &str = "Hs-Attempts";
+    pub const LAST_STATUS: &str = "Hs-Last-Status";
+    pub const LAST_ERROR: &str = "Hs-Last-Error";
+    pub const DESTINATION_ID: &str = "Hs-Destination-Id";
+    pub const ORIGINAL_SEQ: &str = "Hs-Original-Seq";
+    pub const FIRST_ATTEMPT_AT: &str = "Hs-First-Attempt-At";
+    pub const LAST_ATTEMPT_AT: &str = "Hs-Last-Attempt-At";
+    /// JetStream counter increment (HS_STATS).
+    pub const INCR: &str = "Nats-Incr";
+}
+
+/// Subject names under the configured prefix (`hs` by default).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// `hs.ev.<tenant>.<type tokens…>`: an event for every matching destination.
+    pub fn event(&self, tenant: &TenantId, event_type: &EventType) -> String {
+        format!("{}.ev.{tenant}.{event_type}", self.prefix)
+    }
+
+    /// `hs.to.<destination_id>.<type tokens…>`: an event (or replay) for one destination.
+    pub fn directed(&self, destination: &DestinationId, event_type: &EventType) -> String {
+        format!("{}.to.{destination}.{event_type}", self.prefix)
+    }
+
+    pub fn events_wildcards(&self) -> Vec<String> {
+        vec![
+            format!("{}.ev.>", self.prefix),
+            format!("{}.to.>", self.prefix),
+        ]
+    }
+
+    /// Filter subject of a destination consumer for one event-type pattern.
+    pub fn event_filter(&self, tenant: &TenantId, pattern: &str) -> String {
+        format!("{}.ev.{tenant}.{pattern}", self.prefix)
+    }
+
+    pub fn directed_filter(&self, destination: &DestinationId) -> String {
+        format!("{}.to.{destination}.>", self.prefix)
+    }
+
+    pub fn dlq(&self, tenant: &str, destination: &str) -> String {
+        format!("{}.dlq.{tenant}.{destination}", self.prefix)
+    }
+
+    pub fn dlq_wildcard(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    pub fn attempt(&self, tenant: &str, event: &str, destination: &str) -> String {
+        format!("{}.att.{tenant}.{event}.{destination}", self.prefix)
+    }
+
+    /// Every attempt of one event, any destination.
+    pub fn attempts_of_event(&self, tenant: &str, event: &EventId) -> String {
+        format!("{}.att.{tenant}.{event}.*", self.prefix)
+    }
+
+    /// Every attempt of one event when its tenant is not known.
+    pub fn attempts_of_event_any_tenant(&self, event: &EventId) -> String {
+        format!("{}.att.*.{event}.*", self.prefix)
+    }
+
+    pub fn attempts_wildcard(&self) -> String {
+        format!("{}.att.>", self.prefix)
+    }
+
+    pub fn stat(&self, destination: &str, counter: &str) -> String {
+        format!("{}.stat.{destination}.{counter}", self.prefix)
+    }
+
+    pub fn stats_of(&self, destination: &str) -> String {
+        format!("{}.stat.{destination}.*", self.prefix)
+    }
+
+    pub fn stats_wildcard(&self) -> String {
+        format!("{}.stat.>", self.prefix)
+    }
+
+    /// Where an event message's subject leads: a tenant-wide event or a directed one.
+    pub fn parse_event_subject<'a>(&self, subject: &'a str) -> Option<EventSubject<'a>> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let (kind, rest) = rest.split_once('.')?;
+        let (first, event_type) = rest.split_once('.')?;
+        match kind {
+            "ev" => Some(EventSubject::Tenant {
+                tenant: first,
+                event_type,
+            }),
+            "to" => Some(EventSubject::Directed {
+                destination: first,
+                event_type,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSubject<'a> {
+    Tenant {
+        tenant: &'a str,
+        event_type: &'a str,
+    },
+    Directed {
+        destination: &'a str,
+        event_type: &'a str,
+    },
+}
+
+/// `dest_<destination_id>`: the durable consumer of one destination.
+pub fn consumer_name(destination: &DestinationId) -> String {
+    format!("dest_{destination}")
+}
+
+/// The destination a consumer name belongs to, if it is one of ours.
+pub fn destination_of_consumer(name: &str) -> Option<&str> {
+    name.strip_prefix("dest_")
+}
+
+/// KV key of an accepted event in `hs_idempotency`.
+pub fn idempotency_key(event: &EventId) -> String {
+    format!("ev.{event}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_subjects_parse_back() {
+        let s = Subjects::new("hs");
+        assert_eq!(
+            s.parse_event_subject("hs.ev.acme.order.created"),
+            Some(EventSubject::Tenant {
+                tenant: "acme",
+                event_type: "order.created"
+            })
+        );
+        assert_eq!(
+            s.parse_event_subject("hs.to.d1.a"),
+            Some(EventSubject::Directed {
+                destination: "d1",
+                event_type: "a"
+            })
+        );
+        assert_eq!(s.parse_event_subject("hs.ev.acme"), None);
+        assert_eq!(s.parse_event_subject("other.ev.acme.x"), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! The definitions of hookstream's streams and buckets, and their idempotent creation.
+//! `nats/streams.md` documents the same definitions for operators; keep them in step.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use tracing::{info, warn};
+
+use super::error::{BrokerError, BrokerErrorKind};
+use super::names::{self, Subjects};
+use crate::config::Config;
+
+pub fn events_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: names::EVENTS_STREAM.into(),
+        description: Some("hookstream: every accepted event".into()),
+        subjects: subjects.events_wildcards(),
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        max_age: Duration::from_secs(cfg.events.max_age_secs),
+        max_bytes: cfg.events.max_bytes,
+        // Full means full: a publish is refused (the API answers 503), never an accepted
+        // event silently dropped to make room.
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(cfg.events.duplicate_window_secs),
+        // nats-server replaces -1 with 1,000, which would cap the number of destinations.
+        max_consumers: cfg.events.max_consumers,
+        num_replicas: cfg.nats.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn dlq_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: names::DLQ_STREAM.into(),
+        description: Some("hookstream: dead letters, one per (event, destination)".into()),
+        subjects: vec![subjects.dlq_wildcard()],
+        storage: StorageType::File,
+        max_age: Duration::from_secs(cfg.dlq.max_age_secs),
+        max_bytes: cfg.dlq.max_bytes,
+        // A full DLQ refuses the dead letter; the worker keeps the original unacked and
+        // tries again, so nothing is lost to make room.
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(cfg.events.duplicate_window_secs),
+        num_replicas: cfg.nats.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn attempts_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: names::ATTEMPTS_STREAM.into(),
+        description: Some("hookstream: one record per delivery attempt".into()),
+        subjects: vec![subjects.attempts_wildcard()],
+        storage: StorageType::File,
+        max_age: Duration::from_secs(cfg.attempts.max_age_secs),
+        max_bytes: cfg.attempts.max_bytes,
+        // History: the oldest records make room for new ones.
+        discard: DiscardPolicy::Old,
+        num_replicas: cfg.nats.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn stats_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: names::STATS_STREAM.into(),
+        description: Some("hookstream: delivery counters per destination".into()),
+        subjects: vec![subjects.stats_wildcard()],
+        storage: StorageType::File,
+        // A counter stream keeps the running total in the last message of each subject.
+        allow_message_counter: true,
+        max_messages_per_subject: 1,
+        num_replicas: cfg.nats.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn destinations_bucket(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: names::DESTINATIONS_BUCKET.into(),
+        description: "hookstream: destination configs".into(),
+        history: 5,
+        max_value_size: 256 * 1024,
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
+pub fn idempotency_bucket(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: names::IDEMPOTENCY_BUCKET.into(),
+        description: "hookstream: accepted event ids (Idempotency-Key)".into(),
+        history: 1,
+        max_age: Duration::from_secs(cfg.idempotency.ttl_secs),
+        max_value_size: 1024,
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or updates it when a field hookstream owns differs. Safe when
+/// several replicas start at once: a lost creation race is resolved by the next round.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Stream, BrokerError> {
+    for _ in 0..5 {
+        match js.get_stream(&want.name).await {
+            Ok(mut existing) => {
+                let have = existing
+                    .info()
+                    .await
+                    .map_err(|e| BrokerError::new("reading stream info", e))?
+                    .config
+                    .clone();
+                if !same_stream(&have, &want) {
+                    info!(stream = %want.name, "updating stream configuration");
+                    if let Err(e) = js.update_stream(&want).await {
+                        let err = BrokerError::new("updating stream", e);
+                        if err.kind == BrokerErrorKind::Unavailable {
+                            return Err(err);
+                        }
+                        // Some fields cannot change on a live stream (e.g. storage); keep
+                        // serving with the stream as it is and say so.
+                        warn!(stream = %want.name, error = %err, "stream keeps its old configuration");
+                    }
+                }
+                return Ok(existing);
+            }
+            Err(e) => {
+                let err = BrokerError::new("looking up stream", e);
+                if err.kind != BrokerErrorKind::NotFound {
+                    return Err(err);
+                }
+            }
+        }
+        match js.create_stream(want.clone()).await {
+            Ok(stream) => {
+                info!(stream = %want.name, "created stream");
+                return Ok(stream);
+            }
+            Err(e) => {
+                let err = BrokerError::new("creating stream", e);
+                if err.kind != BrokerErrorKind::Conflict {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Err(BrokerError::with_kind(
+        BrokerErrorKind::Conflict,
+        "creating stream",
+        format!("stream {} kept changing under us", want.name),
+    ))
+}
+
+fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
+    let mut have_subjects = have.subjects.clone();
+    let mut want_subjects = want.subjects.clone();
+    have_subjects.sort();
+    want_subjects.sort();
+    have_subjects == want_subjects
+        && have.max_age == want.max_age
+        && have.max_bytes == want.max_bytes
+        && have.discard == want.discard
+        && (want.duplicate_window.is_zero() || have.duplicate_window == want.duplicate_window)
+        && (want.max_consumers == -1 || have.max_consumers == want.max_consumers)
+        && have.num_replicas == want.num_replicas
+        && have.allow_direct == want.allow_direct
+        && have.max_messages_per_subject == want.max_messages_per_subject
+}
+
+/// Creates the bucket, or updates its limits, like `ensure_stream`.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    want: kv::Config,
+) -> Result<kv::Store, BrokerError> {
+    for _ in 0..5 {
+        if let Ok(store) = js.get_key_value(&want.bucket).await {
+            let mut stream = js
+                .get_stream(format!("KV_{}", want.bucket))
+                .await
+                .map_err(|e| BrokerError::new("looking up bucket stream", e))?;
+            let have = stream
+                .info()
+                .await
+                .map_err(|e| BrokerError::new("reading bucket info", e))?
+                .config
+                .clone();
+            let differs = have.max_age != want.max_age
+                || have.num_replicas != want.num_replicas.max(1)
+                || have.max_messages_per_subject != want.history;
+            if differs {
+                info!(bucket = %want.bucket, "updating bucket configuration");
+                if let Err(e) = js.update_key_value(want.clone()).await {
+                    warn!(bucket = %want.bucket, error = %e, "bucket keeps its old configuration");
+                }
+            }
+            return Ok(store);
+        }
+        match js.create_key_value(want.clone()).await {
+            Ok(store) => {
+                info!(bucket = %want.bucket, "created bucket");
+                return Ok(store);
+            }
+            Err(e) => {
+                let err = BrokerError::new("creating bucket", e);
+                if err.kind == BrokerErrorKind::Unavailable {
+                    return Err(err);
+                }
+                // Lost a creation race with another replica: look it up again.
+            }
+        }
+    }
+    Err(BrokerError::with_kind(
+        BrokerErrorKind::Conflict,
+        "creating bucket",
+        format!("bucket {} could not be created", want.bucket),
+    ))
+}

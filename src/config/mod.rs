@@ -1,0 +1,361 @@
+//! Configuration: embedded defaults (`default.toml`, each key commented) ← optional TOML
+//! file ← `HOOKSTREAM_*` environment. Unknown keys are errors; `validate()` names the bad
+//! key and why, and checks the combinations that only fail later at run time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+const DEFAULTS: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}` is invalid: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        why: why.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub subject_prefix: String,
+    pub nats: NatsConfig,
+    pub api: ApiConfig,
+    pub events: EventsConfig,
+    pub attempts: RetentionConfig,
+    pub dlq: RetentionConfig,
+    pub idempotency: IdempotencyConfig,
+    pub delivery: DeliveryConfig,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub replicas: usize,
+    pub request_timeout_ms: u64,
+    pub embedded: EmbeddedConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    pub binary: Option<PathBuf>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    pub max_age_secs: u64,
+    pub max_bytes: i64,
+    pub duplicate_window_secs: u64,
+    pub max_consumers: i32,
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub max_age_secs: u64,
+    pub max_bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub default_timeout_ms: u64,
+    pub default_max_in_flight: u32,
+    pub default_max_attempts: u32,
+    pub default_backoff_base_ms: u64,
+    pub default_backoff_factor: f64,
+    pub default_backoff_max_ms: u64,
+    pub default_backoff_jitter: f64,
+    pub retry_after_cap_ms: u64,
+    pub pull_batch: usize,
+    pub sweep_interval_ms: u64,
+    pub ack_wait_margin_ms: u64,
+    pub max_in_flight_total: usize,
+    pub shutdown_grace_ms: u64,
+    pub stats_flush_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub allow_private_networks: bool,
+    pub ssrf_allowlist: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// The embedded defaults alone: no file, no environment (what tests start from).
+    pub fn defaults() -> Self {
+        Figment::from(Toml::string(DEFAULTS))
+            .extract()
+            .expect("the embedded default.toml is valid; a unit test checks it")
+    }
+
+    /// Defaults ← `file` (or `HOOKSTREAM_CONFIG`) ← environment, then validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("HOOKSTREAM_CONFIG").map(PathBuf::from));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid(
+                    "HOOKSTREAM_CONFIG",
+                    format!("{} does not exist", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Self::env());
+        figment = figment.merge(Serialized::defaults(Self::contract_env()?));
+        let cfg: Config = figment.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `HOOKSTREAM_SECTION__KEY` for every key, and `HOOKSTREAM_SUBJECT_PREFIX`. Other
+    /// `HOOKSTREAM_*` names (the contract's short names, handled in `contract_env`, and
+    /// tool variables such as `HOOKSTREAM_NATS_SERVER_BIN`) are not config keys.
+    fn env() -> Env {
+        Env::prefixed("HOOKSTREAM_")
+            .filter(|k| {
+                k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("subject_prefix")
+            })
+            .map(|k| k.as_str().replace("__", ".").into())
+            .lowercase(true)
+    }
+
+    /// The names the contract promises: `HOOKSTREAM_NATS_URL`, `HOOKSTREAM_LISTEN`,
+    /// `HOOKSTREAM_ALLOW_PRIVATE_NETWORKS` and `HOOKSTREAM_SSRF_ALLOWLIST` (commas).
+    fn contract_env() -> Result<serde_json::Value, ConfigError> {
+        let mut out = serde_json::json!({});
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if let Some(url) = var("HOOKSTREAM_NATS_URL") {
+            out["nats"] = serde_json::json!({ "url": url });
+        }
+        if let Some(listen) = var("HOOKSTREAM_LISTEN") {
+            out["api"] = serde_json::json!({ "listen": listen });
+        }
+        let mut security = serde_json::Map::new();
+        if let Some(flag) = var("HOOKSTREAM_ALLOW_PRIVATE_NETWORKS") {
+            let flag = match flag.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(invalid(
+                        "HOOKSTREAM_ALLOW_PRIVATE_NETWORKS",
+                        "expected true or false",
+                    ));
+                }
+            };
+            security.insert("allow_private_networks".into(), flag.into());
+        }
+        if let Some(list) = var("HOOKSTREAM_SSRF_ALLOWLIST") {
+            let items: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            security.insert("ssrf_allowlist".into(), items.into());
+        }
+        if !security.is_empty() {
+            out["security"] = security.into();
+        }
+        Ok(out)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let prefix_ok = !self.subject_prefix.is_empty()
+            && self
+                .subject_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return Err(invalid(
+                "subject_prefix",
+                "must be one subject token of [A-Za-z0-9_-]",
+            ));
+        }
+        if self.api.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "api.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080",
+                    self.api.listen
+                ),
+            ));
+        }
+        if !matches!(self.nats.replicas, 1..=5) {
+            return Err(invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if self.events.max_consumers <= 0 {
+            return Err(invalid(
+                "events.max_consumers",
+                "must be positive (nats-server replaces -1 with its own 1,000)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.events.max_batch) {
+            return Err(invalid("events.max_batch", "must be 1 to 10000"));
+        }
+        if self.api.body_limit_bytes < 1024 {
+            return Err(invalid("api.body_limit_bytes", "must be at least 1024"));
+        }
+        let d = &self.delivery;
+        if d.default_max_in_flight == 0 || d.default_max_attempts == 0 {
+            return Err(invalid(
+                "delivery.default_max_in_flight",
+                "in-flight and attempts must be at least 1",
+            ));
+        }
+        if d.default_timeout_ms == 0 {
+            return Err(invalid("delivery.default_timeout_ms", "must be positive"));
+        }
+        if d.default_backoff_factor < 1.0 || !(0.0..=1.0).contains(&d.default_backoff_jitter) {
+            return Err(invalid(
+                "delivery.default_backoff_factor",
+                "factor must be ≥ 1 and jitter between 0 and 1",
+            ));
+        }
+        if d.ack_wait_margin_ms < 1000 {
+            return Err(invalid(
+                "delivery.ack_wait_margin_ms",
+                "must be at least 1000: the ack wait must exceed the request timeout with room to record the attempt",
+            ));
+        }
+        if !(1..=10_000).contains(&d.pull_batch) || d.max_in_flight_total == 0 {
+            return Err(invalid(
+                "delivery.pull_batch",
+                "pull_batch must be 1 to 10000 and max_in_flight_total positive",
+            ));
+        }
+        if d.sweep_interval_ms < 100 {
+            return Err(invalid(
+                "delivery.sweep_interval_ms",
+                "must be at least 100",
+            ));
+        }
+        if self.idempotency.ttl_secs == 0 {
+            return Err(invalid("idempotency.ttl_secs", "must be positive"));
+        }
+        for entry in &self.security.ssrf_allowlist {
+            if entry.trim().is_empty() {
+                return Err(invalid(
+                    "security.ssrf_allowlist",
+                    "contains an empty entry",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.api
+            .listen
+            .parse()
+            .expect("validate() checked api.listen")
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.nats.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        Config::defaults().validate().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn env_overrides_and_unknown_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOOKSTREAM_NATS_URL", "nats://10.0.0.1:4222");
+            jail.set_env("HOOKSTREAM_LISTEN", "0.0.0.0:9000");
+            jail.set_env("HOOKSTREAM_SSRF_ALLOWLIST", "10.0.0.0/8, hooks.internal");
+            jail.set_env("HOOKSTREAM_DELIVERY__PULL_BATCH", "64");
+            jail.set_env("HOOKSTREAM_NATS_SERVER_BIN", "/usr/bin/nats-server");
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg.nats.url.as_deref(), Some("nats://10.0.0.1:4222"));
+            assert_eq!(cfg.api.listen, "0.0.0.0:9000");
+            assert_eq!(
+                cfg.security.ssrf_allowlist,
+                ["10.0.0.0/8", "hooks.internal"]
+            );
+            assert_eq!(cfg.delivery.pull_batch, 64);
+
+            jail.set_env("HOOKSTREAM_DELIVERY__NO_SUCH_KEY", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("no_such_key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut cfg = Config::defaults();
+        cfg.events.max_consumers = -1;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("events.max_consumers"), "{err}");
+        let mut cfg = Config::defaults();
+        cfg.api.listen = "nope".into();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("api.listen")
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! One message from a destination's consumer, start to finish: parse, count the attempt,
+//! send, record, then acknowledge, retry later, or dead-letter.
+//!
+//! Order matters and is the same everywhere: the attempt record is stored before the
+//! message is acked or nak'd (the next attempt counts from it), and a dead letter is
+//! stored before its attempt record and before the original is acked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::retry::{self, Next};
+use super::sender::{self, Sender};
+use super::signer;
+use super::stats::StatsCounters;
+use super::template;
+use crate::broker::names::EventSubject;
+use crate::broker::{Broker, BrokerError};
+use crate::destinations::DestinationStore;
+use crate::dlq::{self, DeadLetter, DlqReason};
+use crate::model::{
+    AttemptOutcome, AttemptRecord, BodyMode, Destination, Envelope, EventType, HttpMethod,
+};
+use crate::telemetry::metrics as m;
+
+/// What the dispatcher should do for the destination after a message was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    Done,
+    /// The message was nak'd: pull again after this long.
+    RetryIn(Duration),
+}
+
+pub struct Deliverer {
+    pub broker: Broker,
+    pub sender: Sender,
+    pub store: DestinationStore,
+    pub stats: Arc<StatsCounters>,
+    pub retry_after_cap: Duration,
+    pub ack_wait_margin: Duration,
+    pub token: CancellationToken,
+}
+
+/// An event parsed from its message, ready to send.
+struct Incoming {
+    envelope: Envelope,
+    body: Bytes,
+    seq: u64,
+    delivered: i64,
+}
+
+/// What one HTTP attempt led to, before it is recorded.
+struct Tried {
+    number: u32,
+    started_at: DateTime<Utc>,
+    response: sender::Response,
+}
+
+impl Deliverer {
+    pub async fn handle(&self, destination: &Destination, msg: Message) -> Handled {
+        let (seq, delivered) = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(e) => {
+                // Not a JetStream message: nothing to ack. Cannot happen on a pull.
+                warn!(error = %e, "message without JetStream metadata");
+                return Handled::Done;
+            }
+        };
+        match self.parse(destination, &msg, seq, delivered) {
+            Ok(Some(incoming)) => self.deliver(destination, msg, incoming).await,
+            Ok(None) => {
+                // Caught by a widened consumer filter but not by the real patterns.
+                ack(&msg, AckKind::Ack).await;
+                Handled::Done
+            }
+            Err(why) => {
+                self.dead_letter_malformed(destination, msg, seq, &why)
+                    .await
+            }
+        }
+    }
+
+    fn parse(
+        &self,
+        destination: &Destination,
+        msg: &Message,
+        seq: u64,
+        delivered: i64,
+    ) -> Result<Option<Incoming>, String> {
+        let envelope: Envelope = serde_json::from_slice(&msg.payload)
+            .map_err(|e| format!("body is not an event envelope: {e}"))?;
+        let subject = self
+            .broker
+            .subjects
+            .parse_event_subject(msg.subject.as_str())
+            .ok_or_else(|| format!("unexpected subject {}", msg.subject))?;
+        let (subject_type, wanted) = match subject {
+            EventSubject::Tenant { tenant, event_type } => {
+                if tenant != envelope.tenant.as_str() {
+                    return Err(format!(
+                        "envelope tenant {} differs from subject tenant {tenant}",
+                        envelope.tenant
+                    ));
+                }
+                (event_type, destination.accepts(event_type))
+            }
+            EventSubject::Directed { event_type, .. } => {
+                if envelope.tenant != destination.tenant {
+                    return Err(format!(
+                        "event of tenant {} aimed at a destination of tenant {}",
+                        envelope.tenant, destination.tenant
+                    ));
+                }
+                (event_type, true)
+            }
+        };
+        if EventType::parse(subject_type).ok().as_ref() != Some(&envelope.event_type) {
+            return Err(format!(
+                "envelope type {} differs from subject type {subject_type}",
+                envelope.event_type
+            ));
+        }
+        if !wanted {
+            return Ok(None);
+        }
+        Ok(Some(Incoming {
+            envelope,
+            body: msg.payload.clone(),
+            seq,
+            delivered,
+        }))
+    }
+
+    async fn deliver(&self, destination: &Destination, msg: Message, event: Incoming) -> Handled {
+        let last = if event.delivered > 1 {
+            self.last_attempt(&event, destination).await
+        } else {
+            None
+        };
+        let mut number = match &last {
+            Some(rec) if rec.stream_seq == event.seq => match rec.outcome {
+                // Finished before a crash kept the ack from reaching the server.
+                AttemptOutcome::Delivered | AttemptOutcome::DeadLettered => {
+                    ack(&msg, AckKind::Ack).await;
+                    return Handled::Done;
+                }
+                AttemptOutcome::Retrying => rec.attempt + 1,
+            },
+            _ => 1,
+        };
+        let ack_wait = Duration::from_millis(destination.timeout_ms) + self.ack_wait_margin;
+        loop {
+            let tried = keep_alive(&msg, ack_wait, self.attempt(destination, &event, number)).await;
+            let response = &tried.response;
+            if response.is_success() {
+                self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
+                    .await;
+                ack(&msg, AckKind::Ack).await;
+                return Handled::Done;
+            }
+            if response.status == Some(410) {
+                return self
+                    .give_up(destination, &msg, &event, &tried, DlqReason::Gone)
+                    .await;
+            }
+            let next = retry::after_failure(
+                &destination.retry,
+                number,
+                response.retry_after,
+                self.retry_after_cap,
+            );
+            let delay = match next {
+                Next::GiveUp => {
+                    return self
+                        .give_up(destination, &msg, &event, &tried, DlqReason::MaxAttempts)
+                        .await;
+                }
+                Next::RetryAfter(delay) => delay,
+            };
+            let next_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            self.record(
+                destination,
+                &event,
+                &tried,
+                AttemptOutcome::Retrying,
+                Some(next_at),
+            )
+            .await;
+            metrics::counter!(m::RETRIES_SCHEDULED).increment(1);
+            if !destination.ordered {
+                ack(&msg, AckKind::Nak(Some(delay))).await;
+                return Handled::RetryIn(delay);
+            }
+            // Ordered: the message keeps its place (max_ack_pending is 1) and is retried
+            // here, so nothing after it can overtake it.
+            let waited = tokio::select! {
+                _ = keep_alive(&msg, ack_wait, tokio::time::sleep(delay)) => true,
+                _ = self.token.cancelled() => false,
+            };
+            if !waited {
+                ack(&msg, AckKind::Nak(Some(delay))).await;
+                return Handled::RetryIn(delay);
+            }
+            number += 1;
+        }
+    }
+
+    async fn attempt(&self, destination: &Destination, event: &Incoming, number: u32) -> Tried {
+        let started_at = Utc::now();
+        let request = build_request(destination, event, number, started_at.timestamp());
+        let response = match request {
+            Ok(request) => self.sender.send(request).await,
+            Err(error) => sender::Response {
+                status: None,
+                body: None,
+                error: Some(error),
+                retry_after: None,
+                duration: Duration::ZERO,
+            },
+        };
+        metrics::histogram!(m::ATTEMPT_DURATION).record(response.duration.as_secs_f64());
+        debug!(
+            event_id = %event.envelope.id,
+            destination_id = %destination.id,
+            attempt = number,
+            status = ?response.status,
+            error = ?response.error,
+            ms = response.duration.as_millis() as u64,
+            "attempt finished"
+        );
+        Tried {
+            number,
+            started_at,
+            response,
+        }
+    }
+
+    async fn give_up(
+        &self,
+        destination: &Destination,
+        msg: &Message,
+        event: &Incoming,
+        tried: &Tried,
+        reason: DlqReason,
+    ) -> Handled {
+        let first_attempt_at = self.first_attempt_at(event, destination).await;
+        let letter = DeadLetter {
+            tenant: event.envelope.tenant.as_str(),
+            destination_id: destination.id.as_str(),
+            reason,
+            original_headers: msg.headers.as_ref(),
+            body: event.body.clone(),
+            original_seq: event.seq,
+            attempts: tried.number,
+            last_status: tried.response.status,
+            last_error: tried.response.error.as_deref(),
+            first_attempt_at: first_attempt_at.or(Some(tried.started_at)),
+            last_attempt_at: Some(tried.started_at),
+        };
+        if let Err(e) = dlq::publish::publish(&self.broker, letter).await {
+            // Not stored: keep the original and try the last step again later.
+            warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "dead letter not stored; will retry");
+            let delay = Duration::from_secs(5);
+            ack(msg, AckKind::Nak(Some(delay))).await;
+            return Handled::RetryIn(delay);
+        }
+        self.record(
+            destination,
+            event,
+            tried,
+            AttemptOutcome::DeadLettered,
+            None,
+        )
+        .await;
+        ack(msg, AckKind::Ack).await;
+        metrics::counter!(m::DEAD_LETTERED, "reason" => reason.as_str()).increment(1);
+        warn!(event_id = %event.envelope.id, destination_id = %destination.id, reason = reason.as_str(), attempts = tried.number, "dead-lettered");
+        if reason == DlqReason::Gone {
+            let why = format!(
+                "receiver answered 410 Gone at {}",
+                tried.started_at.to_rfc3339()
+            );
+            if let Err(e) = self.store.disable(&destination.id, why).await {
+                warn!(destination_id = %destination.id, error = %e, "could not disable destination after 410");
+            }
+        }
+        Handled::Done
+    }
+
+    async fn dead_letter_malformed(
+        &self,
+        destination: &Destination,
+        msg: Message,
+        seq: u64,
+        why: &str,
+    ) -> Handled {
+        let letter = DeadLetter {
+            tenant: destination.tenant.as_str(),
+            destination_id: destination.id.as_str(),
+            reason: DlqReason::MalformedEvent,
+            original_headers: msg.headers.as_ref(),
+            body: msg.payload.clone(),
+            original_seq: seq,
+            attempts: 0,
+            last_status: None,
+            last_error: Some(why),
+            first_attempt_at: None,
+            last_attempt_at: None,
+        };
+        match dlq::publish::publish(&self.broker, letter).await {
+            Ok(()) => {
+                warn!(destination_id = %destination.id, seq, error = why, "malformed event dead-lettered");
+                metrics::counter!(m::DEAD_LETTERED, "reason" => "malformed_event").increment(1);
+                self.stats
+                    .add(destination.id.as_str(), super::stats::Counter::DeadLettered);
+                ack(&msg, AckKind::Ack).await;
+                Handled::Done
+            }
+            Err(e) => {
+                warn!(destination_id = %destination.id, error = %e, "malformed event not dead-lettered; will retry");
+                let delay = Duration::from_secs(5);
+                ack(&msg, AckKind::Nak(Some(delay))).await;
+                Handled::RetryIn(delay)
+            }
+        }
+    }
+
+    /// Stores the attempt record; a failure is logged, not fatal (the delivery happened).
+    async fn record(
+        &self,
+        destination: &Destination,
+        event: &Incoming,
+        tried: &Tried,
+        outcome: AttemptOutcome,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) {
+        let counter = match outcome {
+            AttemptOutcome::Delivered => super::stats::Counter::Delivered,
+            AttemptOutcome::Retrying => super::stats::Counter::Failed,
+            AttemptOutcome::DeadLettered => super::stats::Counter::DeadLettered,
+        };
+        self.stats.add(destination.id.as_str(), counter);
+        if outcome == AttemptOutcome::DeadLettered {
+            // The last attempt failed too.
+            self.stats
+                .add(destination.id.as_str(), super::stats::Counter::Failed);
+        }
+        let outcome_label = match outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retrying => "failed",
+            AttemptOutcome::DeadLettered => "dead_lettered",
+        };
+        metrics::counter!(m::DELIVERIES, "outcome" => outcome_label).increment(1);
+        let r = &tried.response;
+        let record = AttemptRecord {
+            event_id: event.envelope.id.to_string(),
+            tenant: event.envelope.tenant.to_string(),
+            destination_id: destination.id.to_string(),
+            event_type: event.envelope.event_type.to_string(),
+            attempt: tried.number,
+            started_at: tried.started_at,
+            duration_ms: r.duration.as_millis() as u64,
+            status: r.status,
+            response_body: r.body.clone(),
+            error: r.error.clone(),
+            outcome,
+            next_attempt_at,
+            stream_seq: event.seq,
+        };
+        let subject = self.broker.subjects.attempt(
+            event.envelope.tenant.as_str(),
+            event.envelope.id.as_str(),
+            destination.id.as_str(),
+        );
+        let payload: Bytes = serde_json::to_vec(&record)
+            .expect("attempt record serialises")
+            .into();
+        let stored = async {
+            self.broker
+                .js
+                .publish(subject, payload)
+                .await
+                .map_err(|e| BrokerError::new("publishing attempt record", e))?
+                .await
+                .map_err(|e| BrokerError::new("awaiting attempt record ack", e))
+        }
+        .await;
+        if let Err(e) = stored {
+            warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "attempt record not stored");
+        }
+    }
+
+    async fn last_attempt(
+        &self,
+        event: &Incoming,
+        destination: &Destination,
+    ) -> Option<AttemptRecord> {
+        let subject = self.broker.subjects.attempt(
+            event.envelope.tenant.as_str(),
+            event.envelope.id.as_str(),
+            destination.id.as_str(),
+        );
+        let msg = self
+            .broker
+            .attempts
+            .direct_get_last_for_subject(subject)
+            .await
+            .ok()?;
+        serde_json::from_slice(&msg.payload).ok()
+    }
+
+    async fn first_attempt_at(
+        &self,
+        event: &Incoming,
+        destination: &Destination,
+    ) -> Option<DateTime<Utc>> {
+        let subject = self.broker.subjects.attempt(
+            event.envelope.tenant.as_str(),
+            event.envelope.id.as_str(),
+            destination.id.as_str(),
+        );
+        let msg = self
+            .broker
+            .attempts
+            .direct_get_first_for_subject(subject)
+            .await
+            .ok()?;
+        let record: AttemptRecord = serde_json::from_slice(&msg.payload).ok()?;
+        (record.stream_seq == event.seq).then_some(record.started_at)
+    }
+}
+
+/// The signed request of attempt `number`.
+fn build_request(
+    destination: &Destination,
+    event: &Incoming,
+    number: u32,
+    timestamp: i64,
+) -> Result<sender::Request, String> {
+    let id = event.envelope.id.as_str();
+    let (method, url, body) = match destination.method {
+        HttpMethod::Get => {
+            let data: serde_json::Value = serde_json::from_str(event.envelope.data.get())
+                .map_err(|e| format!("data is not JSON: {e}"))?;
+            (Method::GET, template::fill(&destination.url, &data), None)
+        }
+        m => {
+            let body = match destination.body {
+                BodyMode::Envelope => event.body.clone(),
+                BodyMode::Data => Bytes::copy_from_slice(event.envelope.data.get().as_bytes()),
+            };
+            let method = if m == HttpMethod::Put {
+                Method::PUT
+            } else {
+                Method::POST
+            };
+            (method, destination.url.clone(), Some(body))
+        }
+    };
+    let now = Utc::now();
+    let keys = destination
+        .secrets
+        .iter()
+        .filter(|s| s.is_active(now))
+        .map(|s| &s.key);
+    let signature = signer::signature_header(keys, id, timestamp, body.as_deref().unwrap_or(b""));
+
+    let mut headers = HeaderMap::with_capacity(destination.headers.len() + 8);
+    for (name, value) in &destination.headers {
+        // Validated when the destination was saved.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("bad header value: {e}"));
+    if body.is_some() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    headers.insert("webhook-id", value(id)?);
+    headers.insert("webhook-timestamp", value(&timestamp.to_string())?);
+    headers.insert("webhook-signature", value(&signature)?);
+    headers.insert("hs-event-type", value(event.envelope.event_type.as_str())?);
+    headers.insert("hs-attempt", value(&number.to_string())?);
+    Ok(sender::Request {
+        method,
+        url,
+        headers,
+        body,
+        timeout: Duration::from_millis(destination.timeout_ms),
+    })
+}
+
+/// Runs `work`, telling the server "still working" every half ack wait so that a slow
+/// attempt is never redelivered to another worker while it is still running.
+async fn keep_alive<T>(msg: &Message, ack_wait: Duration, work: impl Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    let period = ack_wait / 2;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(period) => ack(msg, AckKind::Progress).await,
+        }
+    }
+}
+
+/// Acks are fire-and-forget publishes; a lost one means a redelivery, which the attempt
+/// records turn into a no-op or a duplicate with the same `webhook-id`.
+async fn ack(msg: &Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        warn!(error = %e, "acknowledgement not sent; the message will be redelivered");
+    }
+}

@@ -1,0 +1,271 @@
+//! Pulling only where there is work.
+//!
+//! A destination is *idle* (no task, no pull request, no timer, no memory beyond its
+//! registry entry) until something says it may have work: a new event on one of its
+//! subjects (the signal), a retry time this worker scheduled itself, or the periodic
+//! sweep. Then one drain task pulls from its consumer in batches of up to its free
+//! in-flight slots, runs the deliveries concurrently, and keeps pulling until a pull
+//! comes back empty with nothing in flight and no new signal has arrived; then the
+//! destination is idle again. See docs/adr/0001-pull-only-where-there-is-work.md.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::attempt::{Deliverer, Handled};
+use super::registry::Registry;
+use crate::broker::pull::Puller;
+use crate::broker::{BrokerErrorKind, names};
+use crate::model::DestinationId;
+use crate::telemetry::metrics as m;
+
+/// A destination that is being drained.
+struct Slot {
+    /// Set by a signal that arrives while the drain task runs: pull once more.
+    dirty: AtomicBool,
+    wake: Notify,
+}
+
+pub struct Dispatcher {
+    active: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    registry: Arc<Registry>,
+    puller: Puller,
+    deliverer: Arc<Deliverer>,
+    /// Deliveries in flight in this worker, all destinations together.
+    permits: Arc<Semaphore>,
+    pull_batch: usize,
+    timers: mpsc::UnboundedSender<(Instant, Arc<str>)>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+}
+
+impl Dispatcher {
+    pub fn start(
+        registry: Arc<Registry>,
+        puller: Puller,
+        deliverer: Arc<Deliverer>,
+        max_in_flight_total: usize,
+        pull_batch: usize,
+        tracker: TaskTracker,
+        token: CancellationToken,
+    ) -> Arc<Self> {
+        let (timers, timer_rx) = mpsc::unbounded_channel();
+        let dispatcher = Arc::new(Self {
+            active: Mutex::new(HashMap::new()),
+            registry,
+            puller,
+            deliverer,
+            permits: Arc::new(Semaphore::new(max_in_flight_total)),
+            pull_batch,
+            timers,
+            tracker: tracker.clone(),
+            token: token.clone(),
+        });
+        tracker.spawn(run_timers(Arc::downgrade(&dispatcher), timer_rx, token));
+        dispatcher
+    }
+
+    /// Says that `destination` may have work. Cheap and idempotent.
+    pub fn signal(self: &Arc<Self>, destination: &str) {
+        if self.token.is_cancelled() {
+            return;
+        }
+        let mut active = self
+            .active
+            .lock()
+            .expect("dispatcher lock is never poisoned");
+        if let Some(slot) = active.get(destination) {
+            slot.dirty.store(true, Ordering::Release);
+            slot.wake.notify_one();
+            return;
+        }
+        let id: Arc<str> = Arc::from(destination);
+        let slot = Arc::new(Slot {
+            dirty: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        active.insert(id.clone(), slot.clone());
+        drop(active);
+        let this = self.clone();
+        self.tracker
+            .spawn(async move { this.drain(id, slot).await });
+    }
+
+    /// Pull again at `at` (a retry this worker scheduled).
+    pub fn signal_at(&self, destination: &str, at: Instant) {
+        let _ = self.timers.send((at, Arc::from(destination)));
+    }
+
+    /// Destinations being drained right now.
+    pub fn active_count(&self) -> usize {
+        self.active
+            .lock()
+            .expect("dispatcher lock is never poisoned")
+            .len()
+    }
+
+    async fn drain(self: Arc<Self>, id: Arc<str>, slot: Arc<Slot>) {
+        let mut in_flight: JoinSet<Handled> = JoinSet::new();
+        loop {
+            slot.dirty.store(false, Ordering::Release);
+            let drained = self.drain_once(&id, &slot, &mut in_flight).await;
+            // Leave only when nothing is in flight and no signal came in meanwhile; the
+            // check and the removal happen under the lock that `signal` takes.
+            if drained && in_flight.is_empty() {
+                let mut active = self
+                    .active
+                    .lock()
+                    .expect("dispatcher lock is never poisoned");
+                if !slot.dirty.load(Ordering::Acquire) || self.token.is_cancelled() {
+                    active.remove(&id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Pulls and delivers until a pull comes back empty. Returns `true` when the
+    /// destination looks drained, `false` when it should be looked at again at once.
+    async fn drain_once(
+        &self,
+        id: &Arc<str>,
+        slot: &Slot,
+        in_flight: &mut JoinSet<Handled>,
+    ) -> bool {
+        let Some(destination) = self.registry.get(id) else {
+            self.finish(id, in_flight).await;
+            return true;
+        };
+        if !destination.is_active() {
+            self.finish(id, in_flight).await;
+            return true;
+        }
+        let Ok(dest_id) = DestinationId::parse(id.to_string()) else {
+            return true;
+        };
+        let consumer = names::consumer_name(&dest_id);
+        let limit = if destination.ordered {
+            1
+        } else {
+            destination.max_in_flight.max(1) as usize
+        };
+        loop {
+            if self.token.is_cancelled() {
+                self.finish(id, in_flight).await;
+                return true;
+            }
+            let free = limit.saturating_sub(in_flight.len()).min(self.pull_batch);
+            let mut pulled = 0;
+            if free > 0 {
+                let Ok(permits) = self.permits.clone().acquire_many_owned(free as u32).await else {
+                    return true;
+                };
+                metrics::counter!(m::PULLS).increment(1);
+                match self.puller.fetch(&consumer, free).await {
+                    Ok(messages) => {
+                        pulled = messages.len();
+                        let mut permits = permits;
+                        for msg in messages {
+                            let permit = permits.split(1).expect("one permit per pulled message");
+                            let deliverer = self.deliverer.clone();
+                            let destination = destination.clone();
+                            in_flight.spawn(async move {
+                                let _permit = permit;
+                                deliverer.handle(&destination, msg).await
+                            });
+                        }
+                    }
+                    Err(e) if e.kind == BrokerErrorKind::NotFound => {
+                        debug!(destination_id = %id, "consumer gone; stop draining");
+                        self.finish(id, in_flight).await;
+                        return true;
+                    }
+                    Err(e) => {
+                        warn!(destination_id = %id, error = %e, "pull failed; trying again shortly");
+                        drop(permits);
+                        self.finish(id, in_flight).await;
+                        self.signal_at(id, Instant::now() + Duration::from_secs(1));
+                        return true;
+                    }
+                }
+            }
+            if pulled == 0 && in_flight.is_empty() {
+                return true;
+            }
+            if pulled < free && !in_flight.is_empty() {
+                // Fewer messages than slots: wait for a delivery to finish or a new signal
+                // before pulling again, instead of spinning on empty pulls.
+                tokio::select! {
+                    done = in_flight.join_next() => self.after(id, done),
+                    _ = slot.wake.notified() => {}
+                }
+            } else if (free == 0 || pulled == free) && in_flight.len() >= limit {
+                let done = in_flight.join_next().await;
+                self.after(id, done);
+            }
+            // Collect whatever else has finished without waiting.
+            while let Some(done) = in_flight.try_join_next() {
+                self.after(id, Some(done));
+            }
+        }
+    }
+
+    /// Waits for the deliveries in flight (shutdown, pause, deletion).
+    async fn finish(&self, id: &Arc<str>, in_flight: &mut JoinSet<Handled>) {
+        while let Some(done) = in_flight.join_next().await {
+            self.after(id, Some(done));
+        }
+    }
+
+    fn after(&self, id: &str, done: Option<Result<Handled, tokio::task::JoinError>>) {
+        match done {
+            Some(Ok(Handled::RetryIn(delay))) => self.signal_at(id, Instant::now() + delay),
+            Some(Ok(Handled::Done)) | None => {}
+            Some(Err(e)) => warn!(destination_id = %id, error = %e, "delivery task failed"),
+        }
+    }
+}
+
+/// One timer task for all scheduled retries: a heap of (when, destination).
+async fn run_timers(
+    dispatcher: std::sync::Weak<Dispatcher>,
+    mut rx: mpsc::UnboundedReceiver<(Instant, Arc<str>)>,
+    token: CancellationToken,
+) {
+    let mut heap: BinaryHeap<Reverse<(Instant, Arc<str>)>> = BinaryHeap::new();
+    loop {
+        let next = heap.peek().map(|Reverse((at, _))| *at);
+        tokio::select! {
+            _ = token.cancelled() => return,
+            item = rx.recv() => match item {
+                Some(entry) => heap.push(Reverse(entry)),
+                None => return,
+            },
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(dispatcher) = dispatcher.upgrade() else { return };
+                let now = Instant::now();
+                while let Some(Reverse((at, _))) = heap.peek() {
+                    if *at > now {
+                        break;
+                    }
+                    let Some(Reverse((_, id))) = heap.pop() else { break };
+                    dispatcher.signal(&id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The periodic low-rate check: one paged listing of all destination consumers (a request
+//! per 256). It wakes destinations with pending or unacknowledged messages (redeliveries
+//! after another replica died, events missed while the signal was reconnecting), repairs
+//! consumers that differ from their destination, creates missing ones, and removes
+//! consumers whose destination is gone.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::dispatcher::Dispatcher;
+use super::registry::Registry;
+use crate::broker::consumers::{self, spec_of};
+use crate::broker::{Broker, BrokerError, names};
+use crate::destinations::DestinationStore;
+use crate::telemetry::metrics as m;
+
+/// A consumer without a destination is left alone this long: the API creates the
+/// consumer a moment before it stores the destination.
+const ORPHAN_GRACE: time::Duration = time::Duration::seconds(120);
+
+pub struct Sweeper {
+    pub broker: Broker,
+    pub registry: Arc<Registry>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub store: DestinationStore,
+    pub ack_wait_margin: std::time::Duration,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SweepReport {
+    pub consumers: usize,
+    pub woken: usize,
+    pub repaired: usize,
+    pub created: usize,
+    pub removed: usize,
+}
+
+impl Sweeper {
+    pub async fn sweep(&self) -> Result<SweepReport, BrokerError> {
+        let states = consumers::list(&self.broker.events).await?;
+        let mut report = SweepReport {
+            consumers: states.len(),
+            ..Default::default()
+        };
+        let mut seen = HashSet::with_capacity(states.len());
+        let now = time::OffsetDateTime::now_utc();
+        for state in states {
+            let Some(id) = names::destination_of_consumer(&state.name) else {
+                continue;
+            };
+            let Some(destination) = self.registry.get(id) else {
+                if now - state.created > ORPHAN_GRACE {
+                    info!(consumer = %state.name, "removing consumer of a deleted destination");
+                    if consumers::delete(&self.broker.events, &state.name)
+                        .await
+                        .is_ok()
+                    {
+                        report.removed += 1;
+                    }
+                }
+                continue;
+            };
+            seen.insert(id.to_string());
+            let backlog = state.num_pending + state.num_ack_pending as u64;
+            metrics::gauge!(m::CONSUMER_BACKLOG, "destination" => id.to_string())
+                .set(backlog as f64);
+            let want = consumers::desired_config(
+                &destination,
+                &self.broker.subjects,
+                self.ack_wait_margin,
+            );
+            if state.spec.as_deref() != spec_of(&want) {
+                match self.store.sync_consumer(&destination).await {
+                    Ok(()) => report.repaired += 1,
+                    Err(e) => warn!(destination_id = %id, error = %e, "consumer not repaired"),
+                }
+            }
+            if destination.is_active() && backlog > 0 {
+                self.dispatcher.signal(id);
+                report.woken += 1;
+            }
+        }
+        for destination in self.registry.all() {
+            if !seen.contains(destination.id.as_str()) {
+                warn!(destination_id = %destination.id, "destination had no consumer; creating it");
+                match self.store.sync_consumer(&destination).await {
+                    Ok(()) => report.created += 1,
+                    Err(e) => {
+                        warn!(destination_id = %destination.id, error = %e, "consumer not created")
+                    }
+                }
+            }
+        }
+        metrics::gauge!(m::DESTINATIONS).set(self.registry.len() as f64);
+        Ok(report)
+    }
+}

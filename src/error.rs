@@ -1,0 +1,125 @@
+//! The API's one error type: each variant maps to a status and a stable snake_case code,
+//! rendered as `{"error":{"code","message"}}`. A 5xx logs its cause chain and answers a
+//! plain message; every 503 gets `Retry-After` (added in `api::router`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::error;
+
+use crate::broker::{BrokerError, BrokerErrorKind};
+use crate::destinations::DestinationError;
+use crate::ingest::IngestError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than the limit (api.body_limit_bytes)")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    ConsumerLimit(String),
+    #[error("NATS is unavailable; retry later")]
+    Unavailable(#[source] BrokerError),
+    #[error("the event stream is full; retry later")]
+    StreamFull(#[source] BrokerError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) | Self::ConsumerLimit(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) | Self::StreamFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::Invalid(_) => "invalid_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::ConsumerLimit(_) => "consumer_limit_reached",
+            Self::Unavailable(_) => "broker_unavailable",
+            Self::StreamFull(_) => "stream_full",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The `{"error":{…}}` body, also used per item of a batch.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            let mut chain = String::new();
+            let mut source = std::error::Error::source(&self);
+            while let Some(s) = source {
+                chain.push_str(": ");
+                chain.push_str(&s.to_string());
+                source = s.source();
+            }
+            error!(code = self.code(), cause = %chain, "request failed");
+        }
+        // A 503 gets its Retry-After from the router's middleware, which knows the config.
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e.kind {
+            BrokerErrorKind::Unavailable => Self::Unavailable(e),
+            BrokerErrorKind::StorageFull => Self::StreamFull(e),
+            BrokerErrorKind::ConsumerLimit => Self::ConsumerLimit(e.to_string()),
+            BrokerErrorKind::NotFound => Self::NotFound(e.to_string()),
+            BrokerErrorKind::Conflict => Self::Conflict(e.to_string()),
+            BrokerErrorKind::Other => Self::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<DestinationError> for ApiError {
+    fn from(e: DestinationError) -> Self {
+        match e {
+            DestinationError::Invalid(m) => Self::Invalid(m),
+            DestinationError::NotFound(_) => Self::NotFound(e.to_string()),
+            DestinationError::Exists(_) | DestinationError::Conflict(_) => {
+                Self::Conflict(e.to_string())
+            }
+            DestinationError::ConsumerLimit => Self::ConsumerLimit(e.to_string()),
+            DestinationError::Broker(b) => b.into(),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Invalid(m) => Self::Invalid(m),
+            IngestError::IdConflict(_) => Self::Conflict(e.to_string()),
+            IngestError::Broker(b) => b.into(),
+        }
+    }
+}

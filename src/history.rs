@@ -1,0 +1,100 @@
+//! Delivery history: finding an accepted event and reading its attempt records.
+
+use async_nats::jetstream::stream::DirectGetErrorKind;
+
+use crate::broker::{Broker, BrokerError};
+use crate::ingest;
+use crate::model::{AttemptRecord, EventId};
+
+/// Attempts read for one event at most (a safety bound for the API).
+const MAX_ATTEMPTS_READ: usize = 10_000;
+
+/// An event as stored on `HS_EVENTS`.
+pub struct StoredEvent {
+    pub tenant: String,
+    pub seq: u64,
+    /// The envelope JSON, or `None` when retention removed the message already.
+    pub envelope: Option<serde_json::Value>,
+    /// The destination of a directed event (`hs.to.<id>.…`).
+    pub directed_to: Option<String>,
+}
+
+/// Finds an event by id: through its idempotency record, or (for events published
+/// directly on NATS) through its attempt records.
+pub async fn find_event(broker: &Broker, id: &EventId) -> Result<Option<StoredEvent>, BrokerError> {
+    let located = match ingest::locate(broker, id).await? {
+        Some(rec) => Some((rec.tenant, rec.seq)),
+        None => {
+            let subject = broker.subjects.attempts_of_event_any_tenant(id);
+            match first_attempt(broker, &subject).await? {
+                Some(rec) => Some((rec.tenant, rec.stream_seq)),
+                None => None,
+            }
+        }
+    };
+    let Some((tenant, seq)) = located else {
+        return Ok(None);
+    };
+    let (envelope, directed_to) = match broker.events.direct_get(seq).await {
+        Ok(msg) => {
+            let directed = match broker.subjects.parse_event_subject(msg.subject.as_str()) {
+                Some(crate::broker::names::EventSubject::Directed { destination, .. }) => {
+                    Some(destination.to_string())
+                }
+                _ => None,
+            };
+            (serde_json::from_slice(&msg.payload).ok(), directed)
+        }
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => (None, None),
+        Err(e) => return Err(BrokerError::new("reading event", e)),
+    };
+    Ok(Some(StoredEvent {
+        tenant,
+        seq,
+        envelope,
+        directed_to,
+    }))
+}
+
+async fn first_attempt(
+    broker: &Broker,
+    subject: &str,
+) -> Result<Option<AttemptRecord>, BrokerError> {
+    match broker
+        .attempts
+        .direct_get_next_for_subject(subject, None)
+        .await
+    {
+        Ok(msg) => Ok(serde_json::from_slice(&msg.payload).ok()),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BrokerError::new("reading attempts", e)),
+    }
+}
+
+/// Every attempt record of an event, oldest first.
+pub async fn attempts_of(
+    broker: &Broker,
+    tenant: &str,
+    id: &EventId,
+) -> Result<Vec<AttemptRecord>, BrokerError> {
+    let subject = broker.subjects.attempts_of_event(tenant, id);
+    let mut out = Vec::new();
+    let mut next = 1u64;
+    while out.len() < MAX_ATTEMPTS_READ {
+        match broker
+            .attempts
+            .direct_get_next_for_subject(subject.as_str(), Some(next))
+            .await
+        {
+            Ok(msg) => {
+                next = msg.sequence + 1;
+                if let Ok(record) = serde_json::from_slice(&msg.payload) {
+                    out.push(record);
+                }
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+            Err(e) => return Err(BrokerError::new("reading attempts", e)),
+        }
+    }
+    Ok(out)
+}

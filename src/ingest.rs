@@ -1,0 +1,199 @@
+//! Ingest: validate → envelope → publish with `Nats-Msg-Id` → PubAck → remember the id.
+//!
+//! Idempotency has two layers. JetStream's duplicate window on `Nats-Msg-Id` catches
+//! concurrent retries (an `Idempotency-Key` maps to a derived event id, so racing requests
+//! publish the same id); the `hs_idempotency` bucket remembers every accepted id for the
+//! configured TTL (24 h) and answers later retries without publishing. Nothing serialises
+//! publishes across requests: each request awaits only its own PubAck.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::broker::names::{self, headers as h};
+use crate::broker::{Broker, BrokerError, BrokerErrorKind};
+use crate::destinations::{DestinationError, DestinationStore};
+use crate::model::{Envelope, EventId, NewEvent};
+use crate::telemetry::metrics as m;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("event id {0} is already used by another tenant")]
+    IdConflict(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The answer for one accepted (or recognised duplicate) event.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    pub duplicate: bool,
+}
+
+/// What `hs_idempotency` stores for an accepted event id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcceptedRecord {
+    pub tenant: String,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+}
+
+/// W3C trace context carried from the producer's request into the message headers.
+#[derive(Debug, Clone, Default)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Ingestor {
+    broker: Broker,
+    destinations: DestinationStore,
+}
+
+impl Ingestor {
+    pub fn new(broker: Broker, destinations: DestinationStore) -> Self {
+        Self {
+            broker,
+            destinations,
+        }
+    }
+
+    pub async fn ingest(
+        &self,
+        event: NewEvent,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+    ) -> Result<Accepted, IngestError> {
+        let tenant = event.tenant.clone().unwrap_or_default();
+        let id = match (&event.id, idempotency_key) {
+            (Some(id), _) => id.clone(),
+            (None, Some(key)) => EventId::from_idempotency_key(&tenant, key),
+            (None, None) => EventId::generate(),
+        };
+        if event.source.as_ref().is_some_and(|s| s.len() > 1024) {
+            return Err(IngestError::Invalid("source is at most 1024 bytes".into()));
+        }
+        let subject = match &event.destination_id {
+            Some(dest) => {
+                let found = self.destinations.get(dest).await.map_err(|e| match e {
+                    DestinationError::Broker(b) => IngestError::Broker(b),
+                    other => IngestError::Invalid(other.to_string()),
+                })?;
+                match found {
+                    Some((d, _)) if d.tenant == tenant => {
+                        self.broker.subjects.directed(dest, &event.event_type)
+                    }
+                    _ => {
+                        return Err(IngestError::Invalid(format!(
+                            "destination_id {dest} is not a destination of tenant {tenant}"
+                        )));
+                    }
+                }
+            }
+            None => self.broker.subjects.event(&tenant, &event.event_type),
+        };
+
+        let key = names::idempotency_key(&id);
+        if let Some(previous) = self.recall(&key).await? {
+            if previous.tenant != tenant.as_str() {
+                return Err(IngestError::IdConflict(id.to_string()));
+            }
+            metrics::counter!(m::INGEST_DUPLICATES).increment(1);
+            return Ok(Accepted {
+                id: id.to_string(),
+                duplicate: true,
+            });
+        }
+
+        let envelope = Envelope {
+            id: id.clone(),
+            tenant: tenant.clone(),
+            event_type: event.event_type.clone(),
+            source: event.source,
+            occurred_at: event.occurred_at,
+            received_at: Utc::now(),
+            data: event.data,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(h::MSG_ID, id.as_str());
+        headers.insert(h::EVENT_TYPE, envelope.event_type.as_str());
+        headers.insert(h::TENANT, tenant.as_str());
+        if let Some(tp) = &trace.traceparent {
+            headers.insert(h::TRACEPARENT, tp.as_str());
+        }
+        if let Some(ts) = &trace.tracestate {
+            headers.insert(h::TRACESTATE, ts.as_str());
+        }
+        let ack = self
+            .broker
+            .js
+            .publish_with_headers(subject, headers, envelope.to_bytes())
+            .await
+            .map_err(|e| BrokerError::new("publishing event", e))?
+            .await
+            .map_err(|e| BrokerError::new("awaiting event ack", e))?;
+        if ack.duplicate {
+            metrics::counter!(m::INGEST_DUPLICATES).increment(1);
+            return Ok(Accepted {
+                id: id.to_string(),
+                duplicate: true,
+            });
+        }
+        metrics::counter!(m::EVENTS_INGESTED, "via" => "http").increment(1);
+        let record = AcceptedRecord {
+            tenant: tenant.to_string(),
+            seq: ack.sequence,
+            event_type: envelope.event_type.to_string(),
+        };
+        let value: Bytes = serde_json::to_vec(&record)
+            .expect("record serialises")
+            .into();
+        if let Err(e) = self.broker.idempotency.put(&key, value).await {
+            // Accepted all the same: the event is stored. A retry within the duplicate
+            // window is still caught by JetStream.
+            warn!(event_id = %id, error = %e, "idempotency record not stored");
+        }
+        Ok(Accepted {
+            id: id.to_string(),
+            duplicate: false,
+        })
+    }
+
+    async fn recall(&self, key: &str) -> Result<Option<AcceptedRecord>, IngestError> {
+        match self.broker.idempotency.get(key).await {
+            Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let err = BrokerError::new("reading idempotency record", e);
+                Err(IngestError::Broker(err))
+            }
+        }
+    }
+}
+
+/// Where an accepted event is, if hookstream knows: its tenant and stream sequence.
+pub async fn locate(broker: &Broker, id: &EventId) -> Result<Option<AcceptedRecord>, BrokerError> {
+    match broker.idempotency.get(names::idempotency_key(id)).await {
+        Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let err = BrokerError::new("reading idempotency record", e);
+            if err.kind == BrokerErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+pub type SharedIngestor = Arc<Ingestor>;

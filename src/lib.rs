@@ -1,0 +1,28 @@
+//! hookstream: webhook delivery on NATS JetStream.
+//!
+//! - [`config`]: defaults ← file ← `HOOKSTREAM_*` env, validated at start.
+//! - [`model`]: the contract's nouns (event, destination, attempt) and their validation.
+//! - [`broker`]: everything that knows NATS: names, streams, buckets, consumers, pulls,
+//!   the embedded nats-server.
+//! - [`ingest`]: validate → envelope → publish → PubAck; idempotency.
+//! - [`destinations`]: destination management (bucket entry plus consumer).
+//! - [`delivery`]: workers: pull only where there is work, send signed requests, retry,
+//!   dead-letter.
+//! - [`dlq`]: dead letters on `HS_DLQ`.
+//! - [`history`]: events and their attempt records, for the API.
+//! - [`api`]: the HTTP API (axum); [`error`]: its error format.
+//! - [`telemetry`]: logs and metrics.
+//! - [`app`]: builds and runs the whole, with graceful shutdown.
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod delivery;
+pub mod destinations;
+pub mod dlq;
+pub mod error;
+pub mod history;
+pub mod ingest;
+pub mod model;
+pub mod telemetry;

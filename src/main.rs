@@ -1,0 +1,79 @@
+//! `hookstream serve | api | worker`: configuration, logs, then the application until
+//! SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hookstream::app::{App, Role};
+use hookstream::config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "hookstream",
+    version,
+    about = "Webhook delivery on NATS JetStream"
+)]
+struct Cli {
+    /// TOML configuration file (also HOOKSTREAM_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API and workers in one process.
+    Serve,
+    /// The HTTP API only.
+    Api,
+    /// Delivery workers only (health and metrics on the listen address).
+    Worker,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    hookstream::telemetry::logs::init(cfg.log.format);
+    let role = match cli.command {
+        Command::Serve => Role::Serve,
+        Command::Api => Role::Api,
+        Command::Worker => Role::Worker,
+    };
+    let app = App::build_with_role(cfg, role)
+        .await
+        .context("hookstream could not start")?;
+    let token = CancellationToken::new();
+    let signal_token = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        signal_token.cancel();
+    });
+    app.run_until_stopped(token).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,39 @@
+//! Metric names, defined once, and the Prometheus recorder behind `/metrics`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_INGESTED: &str = "hookstream_events_ingested_total";
+pub const INGEST_DUPLICATES: &str = "hookstream_ingest_duplicates_total";
+pub const DELIVERIES: &str = "hookstream_deliveries_total";
+pub const ATTEMPT_DURATION: &str = "hookstream_attempt_duration_seconds";
+pub const RETRIES_SCHEDULED: &str = "hookstream_retries_scheduled_total";
+pub const DEAD_LETTERED: &str = "hookstream_dead_lettered_total";
+pub const PULLS: &str = "hookstream_pulls_total";
+pub const CONSUMER_BACKLOG: &str = "hookstream_consumer_backlog";
+pub const DESTINATIONS: &str = "hookstream_destinations";
+pub const HTTP_REQUESTS: &str = "hookstream_http_requests_total";
+
+/// Installs the process-wide recorder once; later calls (tests building several apps in
+/// one process) get the same handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(ATTEMPT_DURATION.to_string()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ],
+                )
+                .expect("bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (embedding application): keep a detached
+                // one so /metrics still answers.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

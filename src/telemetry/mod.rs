@@ -1,0 +1,4 @@
+//! Logs and metrics. Metric names live in `metrics.rs` only.
+
+pub mod logs;
+pub mod metrics;

@@ -1,0 +1,7 @@
+//! hookstream's integration tests: one test binary (faster to link than one per file),
+//! each module a feature area. Every test starts its own nats-server and app through
+//! the fixtures in `common`; nothing needs to be started by hand beyond `make tools`.
+
+mod common;
+
+mod smoke;
