@@ -161,8 +161,10 @@ impl App {
             warn!("grace period over; unacknowledged messages will be redelivered");
         }
         // Acks are fire-and-forget publishes: flush them before the connection goes.
-        if let Err(e) = self.broker.client.flush().await {
-            warn!(error = %e, "final flush to NATS failed");
+        match tokio::time::timeout(Duration::from_secs(2), self.broker.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "final flush to NATS failed"),
+            Err(_) => warn!("final flush to NATS timed out"),
         }
         if let Some(server) = self.embedded.take() {
             server.stop().await;

@@ -19,8 +19,8 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("request body is larger than the limit (api.body_limit_bytes)")]
-    PayloadTooLarge,
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -40,7 +40,7 @@ impl ApiError {
         match self {
             Self::InvalidJson(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::ConsumerLimit(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::StreamFull(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -53,7 +53,7 @@ impl ApiError {
             Self::InvalidJson(_) => "invalid_json",
             Self::Invalid(_) => "invalid_request",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::PayloadTooLarge => "payload_too_large",
+            Self::PayloadTooLarge(_) => "payload_too_large",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::ConsumerLimit(_) => "consumer_limit_reached",
@@ -119,6 +119,7 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Invalid(m) => Self::Invalid(m),
             IngestError::IdConflict(_) => Self::Conflict(e.to_string()),
+            IngestError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             IngestError::Broker(b) => b.into(),
         }
     }

@@ -24,6 +24,8 @@ use crate::telemetry::metrics as m;
 pub enum IngestError {
     #[error("{0}")]
     Invalid(String),
+    #[error("the event is {size} bytes as a message; NATS accepts at most {max}")]
+    TooLarge { size: usize, max: usize },
     #[error("event id {0} is already used by another tenant")]
     IdConflict(String),
     #[error(transparent)]
@@ -133,10 +135,19 @@ impl Ingestor {
         if let Some(ts) = &trace.tracestate {
             headers.insert(h::TRACESTATE, ts.as_str());
         }
+        let body = envelope.to_bytes();
+        // Headers and protocol overhead stay well under 1 KiB.
+        let max = self.broker.client.server_info().max_payload;
+        if body.len() + 1024 > max {
+            return Err(IngestError::TooLarge {
+                size: body.len(),
+                max,
+            });
+        }
         let ack = self
             .broker
             .js
-            .publish_with_headers(subject, headers, envelope.to_bytes())
+            .publish_with_headers(subject, headers, body)
             .await
             .map_err(|e| BrokerError::new("publishing event", e))?
             .await

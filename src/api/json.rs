@@ -35,7 +35,9 @@ where
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
+                ApiError::PayloadTooLarge(
+                    "request body is larger than the limit (api.body_limit_bytes)".into(),
+                )
             } else {
                 ApiError::Invalid(format!(
                     "could not read the request body: {}",

@@ -48,11 +48,25 @@ impl EmbeddedServer {
             source,
         })?;
         info!(binary = %binary.display(), port = cfg.port, dir = %cfg.data_dir.display(), "starting embedded nats-server");
+        // A config file, because max_payload has no command-line flag: the API accepts
+        // 1 MiB events by default, and the envelope and headers add a little to that.
+        let conf = cfg.data_dir.join("nats-server.conf");
+        let store = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+        let text = format!(
+            "listen: 127.0.0.1:{}\nmax_payload: 2MB\njetstream {{ store_dir: {:?} }}\n",
+            cfg.port,
+            store.join("jetstream-store").display().to_string()
+        );
+        std::fs::write(&conf, text).map_err(|source| EmbeddedError::DataDir {
+            dir: conf.display().to_string(),
+            source,
+        })?;
         let mut child = Command::new(&binary)
-            .args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(cfg.port.to_string())
-            .arg("-sd")
-            .arg(&cfg.data_dir)
+            .arg("-c")
+            .arg(&conf)
+            // Its own process group: a Ctrl-C in the terminal reaches hookstream, which
+            // drains its deliveries and then stops the server, instead of both at once.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -115,6 +115,7 @@ impl Worker {
             dispatcher: dispatcher.clone(),
             store,
             ack_wait_margin,
+            max_consumers: cfg.events.max_consumers,
         };
         let report = sweeper.sweep().await?;
         info!(?report, "first sweep done");

@@ -26,6 +26,7 @@ pub struct Sweeper {
     pub dispatcher: Arc<Dispatcher>,
     pub store: DestinationStore,
     pub ack_wait_margin: std::time::Duration,
+    pub max_consumers: i32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -94,6 +95,15 @@ impl Sweeper {
             }
         }
         metrics::gauge!(m::DESTINATIONS).set(self.registry.len() as f64);
+        metrics::gauge!(m::CONSUMERS).set(report.consumers as f64);
+        metrics::gauge!(m::CONSUMER_LIMIT).set(f64::from(self.max_consumers));
+        if report.consumers as f64 >= 0.8 * f64::from(self.max_consumers) {
+            warn!(
+                consumers = report.consumers,
+                limit = self.max_consumers,
+                "HS_EVENTS is near its consumer limit; raise events.max_consumers before destinations are refused"
+            );
+        }
         Ok(report)
     }
 }

@@ -11,6 +11,9 @@ pub const DEAD_LETTERED: &str = "hookstream_dead_lettered_total";
 pub const PULLS: &str = "hookstream_pulls_total";
 pub const CONSUMER_BACKLOG: &str = "hookstream_consumer_backlog";
 pub const DESTINATIONS: &str = "hookstream_destinations";
+/// Consumers on HS_EVENTS and the stream's limit (`events.max_consumers`).
+pub const CONSUMERS: &str = "hookstream_stream_consumers";
+pub const CONSUMER_LIMIT: &str = "hookstream_stream_consumer_limit";
 pub const HTTP_REQUESTS: &str = "hookstream_http_requests_total";
 
 /// Installs the process-wide recorder once; later calls (tests building several apps in
