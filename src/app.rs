@@ -95,14 +95,18 @@ impl App {
         let sender = Sender::new(
             ssrf.clone(),
             &format!("hookstream/{}", env!("CARGO_PKG_VERSION")),
+            cfg.delivery.max_in_flight_total,
         )?;
-        let destinations = DestinationStore::new(broker.clone(), cfg.clone(), ssrf);
+        // In `serve`, the API shares the worker's view of the destinations.
+        let registry = role.runs_worker().then(|| Arc::new(Registry::default()));
+        let destinations =
+            DestinationStore::new(broker.clone(), cfg.clone(), ssrf, registry.clone());
         let state = AppState {
             broker: broker.clone(),
             cfg: cfg.clone(),
             ingestor: Ingestor::new(broker.clone(), destinations.clone()),
             destinations,
-            registry: None,
+            registry,
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
             metrics: telemetry::metrics::install(),
         };
@@ -134,13 +138,9 @@ impl App {
         // Workers stop on their own token, after the HTTP server has stopped accepting.
         let workers_token = CancellationToken::new();
 
-        let registry = Arc::new(Registry::default());
         if self.role.runs_worker() {
             self.start_worker(&tracker, &workers_token, &stop);
-        } else {
-            self.state.registry = None;
         }
-        let _ = registry;
 
         let router = if self.role.runs_api() {
             api::router(self.state.clone())
@@ -186,6 +186,11 @@ impl App {
         let store = self.state.destinations.clone();
         let sender = self.sender.clone();
         let ready = self.state.worker_ready.clone();
+        let registry = self
+            .state
+            .registry
+            .clone()
+            .expect("a worker role has a registry");
         let tracker_inner = tracker.clone();
         let token = token.clone();
         let stop = stop.clone();
@@ -193,6 +198,7 @@ impl App {
             let mut delay = Duration::from_millis(500);
             loop {
                 let started = Worker::start(
+                    registry.clone(),
                     broker.clone(),
                     cfg.clone(),
                     store.clone(),

@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::broker::{Broker, BrokerError, BrokerErrorKind, consumers, names};
 use crate::config::Config;
+use crate::delivery::registry::Registry;
 use crate::delivery::ssrf::SsrfPolicy;
 use crate::model::{
     Backoff, Destination, DestinationId, DestinationInput, DestinationPatch, RetryPolicy,
@@ -61,11 +62,30 @@ pub struct DestinationStore {
     broker: Broker,
     cfg: Arc<Config>,
     ssrf: Arc<SsrfPolicy>,
+    /// This process's worker view, updated right after each write so that the process
+    /// reads its own writes (other replicas follow through their bucket watch).
+    local: Option<Arc<Registry>>,
 }
 
 impl DestinationStore {
-    pub fn new(broker: Broker, cfg: Arc<Config>, ssrf: Arc<SsrfPolicy>) -> Self {
-        Self { broker, cfg, ssrf }
+    pub fn new(
+        broker: Broker,
+        cfg: Arc<Config>,
+        ssrf: Arc<SsrfPolicy>,
+        local: Option<Arc<Registry>>,
+    ) -> Self {
+        Self {
+            broker,
+            cfg,
+            ssrf,
+            local,
+        }
+    }
+
+    fn remember(&self, destination: &Destination, revision: u64) {
+        if let Some(registry) = &self.local {
+            registry.upsert(destination.clone(), revision);
+        }
     }
 
     fn default_retry(&self) -> RetryPolicy {
@@ -131,7 +151,10 @@ impl DestinationStore {
             .create(destination.id.as_str(), value)
             .await
         {
-            Ok(_) => Ok((destination, key)),
+            Ok(revision) => {
+                self.remember(&destination, revision);
+                Ok((destination, key))
+            }
             Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
                 Err(DestinationError::Exists(destination.id.to_string()))
             }
@@ -225,7 +248,10 @@ impl DestinationStore {
                 .update(id.as_str(), encode(&destination), revision)
                 .await
             {
-                Ok(_) => return Ok(destination),
+                Ok(revision) => {
+                    self.remember(&destination, revision);
+                    return Ok(destination);
+                }
                 Err(e)
                     if e.kind()
                         == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision =>
@@ -330,14 +356,19 @@ impl DestinationStore {
     }
 
     pub async fn delete(&self, id: &DestinationId) -> Result<(), DestinationError> {
-        if self.get(id).await?.is_none() {
+        let Some((_, revision)) = self.get(id).await? else {
             return Err(DestinationError::NotFound(id.to_string()));
-        }
+        };
         self.broker
             .destinations
             .delete(id.as_str())
             .await
             .map_err(|e| BrokerError::new("deleting destination", e))?;
+        if let Some(registry) = &self.local {
+            // The delete marker's revision is above the entry's; one more is enough to
+            // keep the late watch entry of the old value out.
+            registry.remove(id.as_str(), revision + 1);
+        }
         consumers::delete(&self.broker.events, &names::consumer_name(id)).await?;
         // Its counters go with it.
         let _ = self
@@ -419,12 +450,20 @@ impl DestinationStore {
             &self.broker.subjects,
             Duration::from_millis(self.cfg.delivery.ack_wait_margin_ms),
         );
-        consumers::upsert(&self.broker.events, config)
+        let paused = consumers::upsert(&self.broker.events, config)
             .await
             .map_err(|e| match e.kind {
                 BrokerErrorKind::ConsumerLimit => DestinationError::ConsumerLimit,
-                _ => e.into(),
-            })
+                _ => DestinationError::from(e),
+            })?;
+        // An update does not change a consumer's pause state (only its creation does):
+        // pause or resume explicitly when it differs.
+        let name = names::consumer_name(&destination.id);
+        let want_paused = !destination.is_active();
+        if paused != want_paused {
+            consumers::set_paused(&self.broker.events, &name, want_paused).await?;
+        }
+        Ok(())
     }
 
     fn validate(&self, d: &Destination) -> Result<(), DestinationError> {

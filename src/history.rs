@@ -17,6 +17,8 @@ pub struct StoredEvent {
     pub envelope: Option<serde_json::Value>,
     /// The destination of a directed event (`hs.to.<id>.…`).
     pub directed_to: Option<String>,
+    /// When the stream stored it: destinations created later never receive it.
+    pub stored_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Finds an event by id: through its idempotency record, or (for events published
@@ -35,17 +37,23 @@ pub async fn find_event(broker: &Broker, id: &EventId) -> Result<Option<StoredEv
     let Some((tenant, seq)) = located else {
         return Ok(None);
     };
-    let (envelope, directed_to) = match broker.events.direct_get(seq).await {
+    let (envelope, directed_to, stored_at) = match broker.events.direct_get(seq).await {
         Ok(msg) => {
+            let stored_at =
+                chrono::DateTime::from_timestamp_nanos(msg.time.unix_timestamp_nanos() as i64);
             let directed = match broker.subjects.parse_event_subject(msg.subject.as_str()) {
                 Some(crate::broker::names::EventSubject::Directed { destination, .. }) => {
                     Some(destination.to_string())
                 }
                 _ => None,
             };
-            (serde_json::from_slice(&msg.payload).ok(), directed)
+            (
+                serde_json::from_slice(&msg.payload).ok(),
+                directed,
+                Some(stored_at),
+            )
         }
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => (None, None),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => (None, None, None),
         Err(e) => return Err(BrokerError::new("reading event", e)),
     };
     Ok(Some(StoredEvent {
@@ -53,6 +61,7 @@ pub async fn find_event(broker: &Broker, id: &EventId) -> Result<Option<StoredEv
         seq,
         envelope,
         directed_to,
+        stored_at,
     }))
 }
 

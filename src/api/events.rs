@@ -254,10 +254,14 @@ async fn wanting_destinations(
     else {
         return Ok(Vec::new());
     };
+    // A destination created after the event was stored never receives it.
+    let existed =
+        |created: chrono::DateTime<chrono::Utc>| stored.stored_at.is_none_or(|t| created <= t);
     if let Some(registry) = &state.registry {
         return Ok(registry
             .matching(&stored.tenant, event_type)
             .iter()
+            .filter(|id| registry.get(id).is_some_and(|d| existed(d.created_at)))
             .map(|d| d.to_string())
             .collect());
     }

@@ -83,12 +83,24 @@ pub fn spec_of(config: &pull::Config) -> Option<&str> {
 }
 
 /// Creates the consumer or updates it in place (JetStream's create-or-update action).
-pub async fn upsert(stream: &Stream, config: pull::Config) -> Result<(), BrokerError> {
-    stream
+/// Answers whether the consumer is paused now.
+pub async fn upsert(stream: &Stream, config: pull::Config) -> Result<bool, BrokerError> {
+    let consumer = stream
         .create_consumer(config)
         .await
+        .map_err(|e| BrokerError::new("creating or updating destination consumer", e))?;
+    Ok(consumer.cached_info().paused)
+}
+
+pub async fn set_paused(stream: &Stream, name: &str, paused: bool) -> Result<(), BrokerError> {
+    let result = if paused {
+        stream.pause_consumer(name, far_future()).await
+    } else {
+        stream.resume_consumer(name).await
+    };
+    result
         .map(drop)
-        .map_err(|e| BrokerError::new("creating or updating destination consumer", e))
+        .map_err(|e| BrokerError::new("pausing or resuming destination consumer", e))
 }
 
 pub async fn delete(stream: &Stream, name: &str) -> Result<(), BrokerError> {

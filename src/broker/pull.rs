@@ -13,6 +13,9 @@ use futures::StreamExt;
 
 use super::error::{BrokerError, BrokerErrorKind};
 
+/// How long a pull may wait for messages beyond those ready at once.
+const PULL_EXPIRES: Duration = Duration::from_millis(20);
+
 pub struct Puller {
     client: Client,
     context: jetstream::Context,
@@ -38,7 +41,15 @@ impl Puller {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| BrokerError::new("subscribing for a pull", e))?;
-        let request = serde_json::json!({ "batch": batch, "no_wait": true });
+        // `expires` matters: a no-wait pull that asks for more messages than the consumer
+        // has free ack-pending slots gets the ones that fit and then no end status (nor
+        // any at all when the slots are full). With a short expiry the server closes the
+        // request with a 408 instead of leaving it open until our own timeout.
+        let request = serde_json::json!({
+            "batch": batch,
+            "no_wait": true,
+            "expires": PULL_EXPIRES.as_nanos() as u64,
+        });
         self.client
             .publish_with_reply(
                 format!("$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}", self.stream),

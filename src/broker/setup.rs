@@ -171,13 +171,14 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
     want_subjects.sort();
     have_subjects == want_subjects
         && have.max_age == want.max_age
-        && have.max_bytes == want.max_bytes
+        && have.max_bytes.max(0) == want.max_bytes.max(0)
         && have.discard == want.discard
         && (want.duplicate_window.is_zero() || have.duplicate_window == want.duplicate_window)
-        && (want.max_consumers == -1 || have.max_consumers == want.max_consumers)
+        && have.max_consumers.max(0) == want.max_consumers.max(0)
         && have.num_replicas == want.num_replicas
         && have.allow_direct == want.allow_direct
-        && have.max_messages_per_subject == want.max_messages_per_subject
+        // The server reports "unlimited" as -1 where the request said 0.
+        && have.max_messages_per_subject.max(0) == want.max_messages_per_subject.max(0)
 }
 
 /// Creates the bucket, or updates its limits, like `ensure_stream`.
@@ -199,7 +200,7 @@ pub async fn ensure_bucket(
                 .clone();
             let differs = have.max_age != want.max_age
                 || have.num_replicas != want.num_replicas.max(1)
-                || have.max_messages_per_subject != want.history;
+                || have.max_messages_per_subject.max(0) != want.history.max(0);
             if differs {
                 info!(bucket = %want.bucket, "updating bucket configuration");
                 if let Err(e) = js.update_key_value(want.clone()).await {

@@ -109,6 +109,17 @@ pub struct DeliveryConfig {
     pub max_in_flight_total: usize,
     pub shutdown_grace_ms: u64,
     pub stats_flush_ms: u64,
+    pub pull_mode: PullMode,
+}
+
+/// How workers pull from destination consumers (docs/adr/0001).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullMode {
+    /// Pull only where there is work (signal, own retry timers, sweep).
+    OnDemand,
+    /// One parked pull stream per destination: the measured baseline, for benchmarks.
+    PerDestination,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

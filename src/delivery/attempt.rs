@@ -76,14 +76,47 @@ impl Deliverer {
         match self.parse(destination, &msg, seq, delivered) {
             Ok(Some(incoming)) => self.deliver(destination, msg, incoming).await,
             Ok(None) => {
-                // Caught by a widened consumer filter but not by the real patterns.
-                ack(&msg, AckKind::Ack).await;
-                Handled::Done
+                self.recheck_unmatched(destination, msg, seq, delivered)
+                    .await
             }
             Err(why) => {
                 self.dead_letter_malformed(destination, msg, seq, &why)
                     .await
             }
+        }
+    }
+
+    /// A message the destination's patterns (as this worker knows them) do not match.
+    /// Either a widened consumer filter caught it (ADR 0003), or the destination just
+    /// changed and the consumer knows it before this worker does: the bucket decides
+    /// before anything is dropped.
+    async fn recheck_unmatched(
+        &self,
+        destination: &Destination,
+        msg: Message,
+        seq: u64,
+        delivered: i64,
+    ) -> Handled {
+        let fresh = match self.store.get(&destination.id).await {
+            Ok(Some((d, _))) => d,
+            Ok(None) => {
+                ack(&msg, AckKind::Ack).await;
+                return Handled::Done;
+            }
+            Err(e) => {
+                warn!(destination_id = %destination.id, error = %e, "cannot re-read a changed destination; will retry");
+                let delay = Duration::from_secs(1);
+                ack(&msg, AckKind::Nak(Some(delay))).await;
+                return Handled::RetryIn(delay);
+            }
+        };
+        match self.parse(&fresh, &msg, seq, delivered) {
+            Ok(Some(incoming)) => self.deliver(&fresh, msg, incoming).await,
+            Ok(None) => {
+                ack(&msg, AckKind::Ack).await;
+                Handled::Done
+            }
+            Err(why) => self.dead_letter_malformed(&fresh, msg, seq, &why).await,
         }
     }
 
@@ -157,7 +190,12 @@ impl Deliverer {
         };
         let ack_wait = Duration::from_millis(destination.timeout_ms) + self.ack_wait_margin;
         loop {
-            let tried = keep_alive(&msg, ack_wait, self.attempt(destination, &event, number)).await;
+            let tried = keep_alive(
+                &msg,
+                ack_wait,
+                self.attempt(destination, &event, number, &msg),
+            )
+            .await;
             let response = &tried.response;
             if response.is_success() {
                 self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
@@ -170,10 +208,14 @@ impl Deliverer {
                     .give_up(destination, &msg, &event, &tried, DlqReason::Gone)
                     .await;
             }
+            // Retry-After means "not before" only on 429 and 503 (RFC 9110).
+            let retry_after = response
+                .retry_after
+                .filter(|_| matches!(response.status, Some(429 | 503)));
             let next = retry::after_failure(
                 &destination.retry,
                 number,
-                response.retry_after,
+                retry_after,
                 self.retry_after_cap,
             );
             let delay = match next {
@@ -212,9 +254,26 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, destination: &Destination, event: &Incoming, number: u32) -> Tried {
+    async fn attempt(
+        &self,
+        destination: &Destination,
+        event: &Incoming,
+        number: u32,
+        msg: &Message,
+    ) -> Tried {
         let started_at = Utc::now();
-        let request = build_request(destination, event, number, started_at.timestamp());
+        let traceparent = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::broker::names::headers::TRACEPARENT))
+            .map(|v| v.as_str());
+        let request = build_request(
+            destination,
+            event,
+            number,
+            started_at.timestamp(),
+            traceparent,
+        );
         let response = match request {
             Ok(request) => self.sender.send(request).await,
             Err(error) => sender::Response {
@@ -251,6 +310,12 @@ impl Deliverer {
         reason: DlqReason,
     ) -> Handled {
         let first_attempt_at = self.first_attempt_at(event, destination).await;
+        let last_error = tried.response.error.clone().unwrap_or_else(|| {
+            tried
+                .response
+                .status
+                .map_or_else(String::new, |s| format!("HTTP {s}"))
+        });
         let letter = DeadLetter {
             tenant: event.envelope.tenant.as_str(),
             destination_id: destination.id.as_str(),
@@ -260,7 +325,7 @@ impl Deliverer {
             original_seq: event.seq,
             attempts: tried.number,
             last_status: tried.response.status,
-            last_error: tried.response.error.as_deref(),
+            last_error: Some(last_error.as_str()),
             first_attempt_at: first_attempt_at.or(Some(tried.started_at)),
             last_attempt_at: Some(tried.started_at),
         };
@@ -382,6 +447,16 @@ impl Deliverer {
         let payload: Bytes = serde_json::to_vec(&record)
             .expect("attempt record serialises")
             .into();
+        if outcome == AttemptOutcome::Delivered {
+            // History only: nothing counts from a success record, so it is published
+            // without waiting for the stream's ack (JetStream still stores it). This saves a
+            // round trip per delivery; a record lost to a NATS outage costs history, not
+            // delivery.
+            if let Err(e) = self.broker.client.publish(subject, payload).await {
+                warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "attempt record not sent");
+            }
+            return;
+        }
         let stored = async {
             self.broker
                 .js
@@ -443,6 +518,7 @@ fn build_request(
     event: &Incoming,
     number: u32,
     timestamp: i64,
+    traceparent: Option<&str>,
 ) -> Result<sender::Request, String> {
     let id = event.envelope.id.as_str();
     let (method, url, body) = match destination.method {
@@ -491,6 +567,9 @@ fn build_request(
     headers.insert("webhook-signature", value(&signature)?);
     headers.insert("hs-event-type", value(event.envelope.event_type.as_str())?);
     headers.insert("hs-attempt", value(&number.to_string())?);
+    if let Some(tp) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert("traceparent", tp);
+    }
     Ok(sender::Request {
         method,
         url,

@@ -10,7 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,10 @@ struct Slot {
     /// Set by a signal that arrives while the drain task runs: pull once more.
     dirty: AtomicBool,
     wake: Notify,
+    /// How many messages the signals since the last pull announced (events seen, or the
+    /// backlog a sweep found): the size of the next pull, so that a destination with two
+    /// events does not reserve sixty-four in-flight slots of the worker's budget.
+    hint: AtomicUsize,
 }
 
 pub struct Dispatcher {
@@ -74,8 +78,14 @@ impl Dispatcher {
         dispatcher
     }
 
-    /// Says that `destination` may have work. Cheap and idempotent.
+    /// Says that `destination` may have work (one more event). Cheap and idempotent.
     pub fn signal(self: &Arc<Self>, destination: &str) {
+        self.signal_with_hint(destination, 1);
+    }
+
+    /// Says that `destination` may have about `messages` messages waiting.
+    pub fn signal_with_hint(self: &Arc<Self>, destination: &str, messages: usize) {
+        tracing::trace!(destination_id = %destination, messages, "wake");
         if self.token.is_cancelled() {
             return;
         }
@@ -84,6 +94,7 @@ impl Dispatcher {
             .lock()
             .expect("dispatcher lock is never poisoned");
         if let Some(slot) = active.get(destination) {
+            slot.hint.fetch_add(messages, Ordering::AcqRel);
             slot.dirty.store(true, Ordering::Release);
             slot.wake.notify_one();
             return;
@@ -92,6 +103,7 @@ impl Dispatcher {
         let slot = Arc::new(Slot {
             dirty: AtomicBool::new(false),
             wake: Notify::new(),
+            hint: AtomicUsize::new(messages),
         });
         active.insert(id.clone(), slot.clone());
         drop(active);
@@ -133,89 +145,122 @@ impl Dispatcher {
         }
     }
 
-    /// Pulls and delivers until a pull comes back empty. Returns `true` when the
-    /// destination looks drained, `false` when it should be looked at again at once.
+    /// Pulls and delivers until a pull comes back empty with nothing in flight. Returns
+    /// `true` when the destination looks drained.
     async fn drain_once(
         &self,
         id: &Arc<str>,
         slot: &Slot,
         in_flight: &mut JoinSet<Handled>,
     ) -> bool {
-        let Some(destination) = self.registry.get(id) else {
-            self.finish(id, in_flight).await;
-            return true;
-        };
-        if !destination.is_active() {
-            self.finish(id, in_flight).await;
-            return true;
-        }
         let Ok(dest_id) = DestinationId::parse(id.to_string()) else {
             return true;
         };
         let consumer = names::consumer_name(&dest_id);
-        let limit = if destination.ordered {
-            1
-        } else {
-            destination.max_in_flight.max(1) as usize
-        };
+        // Messages known to be waiting: announced (signals, sweep backlog, retry timers)
+        // and, after each pull, the consumer's own count of what is left.
+        let mut owed = 0usize;
         loop {
-            if self.token.is_cancelled() {
-                self.finish(id, in_flight).await;
-                return true;
-            }
-            let free = limit.saturating_sub(in_flight.len()).min(self.pull_batch);
-            let mut pulled = 0;
-            if free > 0 {
-                let Ok(permits) = self.permits.clone().acquire_many_owned(free as u32).await else {
+            // Read the destination on every round: a change (URL, secret, pause) applies
+            // from the next pull on, not only after the backlog is gone.
+            let destination = match self.registry.get(id) {
+                Some(d) if d.is_active() && !self.token.is_cancelled() => d,
+                _ => {
+                    self.finish(id, in_flight).await;
                     return true;
-                };
-                metrics::counter!(m::PULLS).increment(1);
-                match self.puller.fetch(&consumer, free).await {
-                    Ok(messages) => {
-                        pulled = messages.len();
-                        let mut permits = permits;
-                        for msg in messages {
-                            let permit = permits.split(1).expect("one permit per pulled message");
-                            let deliverer = self.deliverer.clone();
-                            let destination = destination.clone();
-                            in_flight.spawn(async move {
-                                let _permit = permit;
-                                deliverer.handle(&destination, msg).await
-                            });
-                        }
-                    }
-                    Err(e) if e.kind == BrokerErrorKind::NotFound => {
-                        debug!(destination_id = %id, "consumer gone; stop draining");
-                        self.finish(id, in_flight).await;
-                        return true;
-                    }
-                    Err(e) => {
-                        warn!(destination_id = %id, error = %e, "pull failed; trying again shortly");
-                        drop(permits);
-                        self.finish(id, in_flight).await;
-                        self.signal_at(id, Instant::now() + Duration::from_secs(1));
-                        return true;
-                    }
                 }
+            };
+            let limit = if destination.ordered {
+                1
+            } else {
+                destination.max_in_flight.max(1) as usize
+            };
+            let batch = limit.min(self.pull_batch);
+            let free = limit.saturating_sub(in_flight.len()).min(batch);
+            // While draining a backlog, wait until half a batch of slots is free instead of
+            // paying a pull round trip per finished delivery.
+            let bulk = owed > 0 && free < batch.div_ceil(2) && !in_flight.is_empty();
+            if free == 0 || bulk {
+                let done = in_flight.join_next().await;
+                self.after(id, done);
+                self.collect_finished(id, in_flight);
+                continue;
             }
-            if pulled == 0 && in_flight.is_empty() {
-                return true;
-            }
-            if pulled < free && !in_flight.is_empty() {
-                // Fewer messages than slots: wait for a delivery to finish or a new signal
-                // before pulling again, instead of spinning on empty pulls.
+            owed += slot.hint.swap(0, Ordering::AcqRel);
+            if owed == 0 {
+                // Nothing announced: every way a message becomes ready announces it (a
+                // signal per event, a timer per retry, the sweep for the rest), so an
+                // empty pull here would only cost the server a filtered scan.
+                if in_flight.is_empty() {
+                    return true;
+                }
                 tokio::select! {
                     done = in_flight.join_next() => self.after(id, done),
                     _ = slot.wake.notified() => {}
                 }
-            } else if (free == 0 || pulled == free) && in_flight.len() >= limit {
-                let done = in_flight.join_next().await;
-                self.after(id, done);
+                self.collect_finished(id, in_flight);
+                continue;
             }
-            // Collect whatever else has finished without waiting.
-            while let Some(done) = in_flight.try_join_next() {
-                self.after(id, Some(done));
+            let want = free.min(owed);
+            let Ok(mut permits) = self.permits.clone().acquire_many_owned(want as u32).await else {
+                return true;
+            };
+            metrics::counter!(m::PULLS).increment(1);
+            let messages = match self.puller.fetch(&consumer, want).await {
+                Ok(messages) => messages,
+                Err(e) if e.kind == BrokerErrorKind::NotFound => {
+                    debug!(destination_id = %id, "consumer gone; stop draining");
+                    self.finish(id, in_flight).await;
+                    return true;
+                }
+                Err(e) => {
+                    warn!(destination_id = %id, error = %e, "pull failed; trying again shortly");
+                    drop(permits);
+                    self.finish(id, in_flight).await;
+                    self.signal_at(id, Instant::now() + Duration::from_secs(1));
+                    return true;
+                }
+            };
+            let pulled = messages.len();
+            tracing::trace!(destination_id = %id, want, pulled, "pulled");
+            // The pull may have waited: take the destination as it is now, so a change
+            // made meanwhile (which the consumer may already follow) applies.
+            let destination = self.registry.get(id).unwrap_or(destination);
+            // Each message carries the consumer's count of messages still waiting after
+            // it; the last one's is exact and free. Nothing pulled: nothing is ready.
+            owed = messages
+                .last()
+                .and_then(|m| m.info().ok())
+                .map_or(0, |info| info.pending as usize);
+            for msg in messages {
+                let permit = permits.split(1).expect("one permit per pulled message");
+                let deliverer = self.deliverer.clone();
+                let destination = destination.clone();
+                in_flight.spawn(async move {
+                    let _permit = permit;
+                    deliverer.handle(&destination, msg).await
+                });
             }
+            drop(permits);
+            if pulled == 0 && in_flight.is_empty() {
+                return true;
+            }
+            if pulled < want {
+                // The consumer had fewer messages ready than asked for: wait for a delivery
+                // to finish or a new signal before pulling again, instead of spinning.
+                tokio::select! {
+                    done = in_flight.join_next() => self.after(id, done),
+                    _ = slot.wake.notified() => {}
+                }
+            }
+            self.collect_finished(id, in_flight);
+        }
+    }
+
+    /// Takes the results of deliveries that have finished, without waiting.
+    fn collect_finished(&self, id: &str, in_flight: &mut JoinSet<Handled>) {
+        while let Some(done) = in_flight.try_join_next() {
+            self.after(id, Some(done));
         }
     }
 

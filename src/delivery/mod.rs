@@ -11,6 +11,7 @@
 pub mod attempt;
 pub mod dispatcher;
 pub mod index;
+pub mod parked;
 pub mod registry;
 pub mod retry;
 pub mod sender;
@@ -32,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
-use crate::config::Config;
+use crate::config::{Config, PullMode};
 use crate::destinations::DestinationStore;
 use attempt::Deliverer;
 use dispatcher::Dispatcher;
@@ -52,6 +53,7 @@ impl Worker {
     /// Loads the destinations, subscribes to the signal, runs a first sweep (which repairs
     /// consumers and wakes every destination with a backlog), then keeps all of it going.
     pub async fn start(
+        registry: Arc<Registry>,
         broker: Broker,
         cfg: Arc<Config>,
         store: DestinationStore,
@@ -60,7 +62,6 @@ impl Worker {
         token: CancellationToken,
     ) -> Result<Self, BrokerError> {
         let d = &cfg.delivery;
-        let registry = Arc::new(Registry::default());
         let stats = Arc::new(StatsCounters::default());
         let ack_wait_margin = Duration::from_millis(d.ack_wait_margin_ms);
         let deliverer = Arc::new(Deliverer {
@@ -75,7 +76,7 @@ impl Worker {
         let dispatcher = Dispatcher::start(
             registry.clone(),
             broker.puller(cfg.request_timeout()),
-            deliverer,
+            deliverer.clone(),
             d.max_in_flight_total,
             d.pull_batch,
             tracker.clone(),
@@ -100,14 +101,24 @@ impl Worker {
         }
         info!(destinations = registry.len(), "destinations loaded");
 
-        // Subscribe before the first sweep: every event is then seen by one or the other.
-        let signal = signal::Signal::subscribe(&broker).await?;
-        tracker.spawn(signal.run(
-            broker.clone(),
-            registry.clone(),
-            dispatcher.clone(),
-            token.clone(),
-        ));
+        let on_demand = d.pull_mode == PullMode::OnDemand;
+        if on_demand {
+            // Subscribe before the first sweep: every event is then seen by one or the other.
+            let signal = signal::Signal::subscribe(&broker).await?;
+            tracker.spawn(signal.run(
+                broker.clone(),
+                registry.clone(),
+                dispatcher.clone(),
+                token.clone(),
+            ));
+        } else {
+            tracker.spawn(parked::run(
+                broker.clone(),
+                registry.clone(),
+                deliverer.clone(),
+                token.clone(),
+            ));
+        }
 
         let sweeper = Sweeper {
             broker: broker.clone(),
@@ -116,6 +127,7 @@ impl Worker {
             store,
             ack_wait_margin,
             max_consumers: cfg.events.max_consumers,
+            wake: on_demand,
         };
         let report = sweeper.sweep().await?;
         info!(?report, "first sweep done");

@@ -15,6 +15,9 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<Arc<str>, Arc<Destination>>,
+    /// Bucket revision of what `by_id` holds (or of its deletion), so that an older entry
+    /// arriving late (the watch after the API's own write) never replaces a newer one.
+    revisions: HashMap<Arc<str>, u64>,
     index: SubjectIndex,
 }
 
@@ -40,9 +43,15 @@ impl Registry {
         self.read().index.lookup(tenant, event_type)
     }
 
-    pub fn upsert(&self, destination: Destination) {
+    /// Applies a destination at bucket `revision`; an older revision than the one held is
+    /// ignored.
+    pub fn upsert(&self, destination: Destination, revision: u64) {
         let mut inner = self.inner.write().expect("registry lock is never poisoned");
         let id: Arc<str> = Arc::from(destination.id.as_str());
+        if inner.revisions.get(&id).is_some_and(|r| *r > revision) {
+            return;
+        }
+        inner.revisions.insert(id.clone(), revision);
         if let Some(old) = inner.by_id.remove(&id) {
             for p in &old.event_types {
                 inner.index.remove(old.tenant.as_str(), p.as_str(), &id);
@@ -56,8 +65,13 @@ impl Registry {
         inner.by_id.insert(id, Arc::new(destination));
     }
 
-    pub fn remove(&self, id: &str) -> Option<Arc<Destination>> {
+    /// Removes a destination deleted at bucket `revision`.
+    pub fn remove(&self, id: &str, revision: u64) -> Option<Arc<Destination>> {
         let mut inner = self.inner.write().expect("registry lock is never poisoned");
+        if inner.revisions.get(id).is_some_and(|r| *r > revision) {
+            return None;
+        }
+        inner.revisions.insert(Arc::from(id), revision);
         let old = inner.by_id.remove(id)?;
         for p in &old.event_types {
             inner.index.remove(old.tenant.as_str(), p.as_str(), id);

@@ -45,7 +45,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(ssrf: Arc<SsrfPolicy>, user_agent: &str) -> reqwest::Result<Self> {
+    pub fn new(
+        ssrf: Arc<SsrfPolicy>,
+        user_agent: &str,
+        max_idle_per_host: usize,
+    ) -> reqwest::Result<Self> {
         let client = Client::builder()
             .user_agent(user_agent)
             .redirect(redirect::Policy::none())
@@ -56,7 +60,9 @@ impl Sender {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            // As many idle connections as deliveries may be in flight: many destinations
+            // on one host must reuse connections rather than open and close them.
+            .pool_max_idle_per_host(max_idle_per_host)
             .build()?;
         Ok(Self { client, ssrf })
     }

@@ -27,6 +27,9 @@ pub struct Sweeper {
     pub store: DestinationStore,
     pub ack_wait_margin: std::time::Duration,
     pub max_consumers: i32,
+    /// Wake destinations with a backlog (off in the `per_destination` pull mode, where
+    /// every destination has its own parked pull).
+    pub wake: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,8 +81,8 @@ impl Sweeper {
                     Err(e) => warn!(destination_id = %id, error = %e, "consumer not repaired"),
                 }
             }
-            if destination.is_active() && backlog > 0 {
-                self.dispatcher.signal(id);
+            if self.wake && destination.is_active() && backlog > 0 {
+                self.dispatcher.signal_with_hint(id, backlog as usize);
                 report.woken += 1;
             }
         }

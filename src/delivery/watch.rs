@@ -92,7 +92,7 @@ async fn apply(
             Ok(destination) => {
                 let id = destination.id.to_string();
                 let active = destination.is_active();
-                registry.upsert(destination);
+                registry.upsert(destination, entry.revision);
                 // A resumed or re-enabled destination may have a backlog waiting.
                 if live && active {
                     dispatcher.signal(&id);
@@ -101,7 +101,7 @@ async fn apply(
             Err(e) => warn!(key = %entry.key, error = %e, "undecodable destination ignored"),
         },
         Operation::Delete | Operation::Purge => {
-            registry.remove(&entry.key);
+            registry.remove(&entry.key, entry.revision);
             if live && let Ok(id) = DestinationId::parse(entry.key.clone()) {
                 // The API removes it too; this finishes the job if the API died between.
                 let _ = consumers::delete(&broker.events, &names::consumer_name(&id)).await;

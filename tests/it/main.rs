@@ -4,4 +4,12 @@
 
 mod common;
 
+mod bad_input;
+mod crash;
+mod delivery;
+mod destinations;
+mod dlq;
+mod ingest;
+mod replicas;
+mod retry;
 mod smoke;

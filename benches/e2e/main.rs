@@ -1,0 +1,90 @@
+//! `make bench`: hookstream against the limits of this machine, measured in one run.
+//!
+//! Every scenario starts its own nats-server, the hookstream release binary (as a
+//! process, so its CPU and memory are its own) and a fast receiver, all on 127.0.0.1.
+//! Prints a table and writes `target/bench-results.json`. `BENCH_SCALE=2` doubles the
+//! event counts; `BENCH_ONLY=name,name` runs a subset.
+
+mod harness;
+mod scenarios;
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    let started = Instant::now();
+    let mut results: Vec<(String, Value)> = Vec::new();
+
+    macro_rules! run {
+        ($name:expr, $f:expr) => {
+            if wanted($name) {
+                eprintln!("== {} …", $name);
+                let value: Value = $f.await;
+                eprintln!("   {}", value);
+                results.push(($name.to_string(), value));
+            }
+        };
+    }
+
+    let n = |base: usize| ((base as f64) * scale).max(1.0) as usize;
+    run!("raw_http", scenarios::raw_http(n(40_000)));
+    run!("raw_jetstream", scenarios::raw_jetstream(n(100_000)));
+    run!("ingest", scenarios::ingest(n(20_000)));
+    for mode in ["on_demand", "per_destination"] {
+        run!(
+            &format!("drain_1_{mode}"),
+            scenarios::drain(1, n(20_000), mode)
+        );
+        run!(
+            &format!("drain_100_{mode}"),
+            scenarios::drain(100, n(20_000), mode)
+        );
+        run!(
+            &format!("drain_1000_{mode}"),
+            scenarios::drain(1000, n(20_000), mode)
+        );
+        run!(
+            &format!("drain_10000_{mode}"),
+            scenarios::drain(10_000, n(20_000), mode)
+        );
+        run!(
+            &format!("latency_10_{mode}"),
+            scenarios::latency(10, 1000, n(10_000), mode)
+        );
+        run!(
+            &format!("latency_1000_{mode}"),
+            scenarios::latency(1000, 1000, n(10_000), mode)
+        );
+        run!(&format!("idle_10000_{mode}"), scenarios::idle(10_000, mode));
+    }
+    run!("failure_mix", scenarios::failure_mix(n(10_000)));
+
+    let summary = scenarios::summarise(&results);
+    println!("{summary}");
+    let out = json!({
+        "scale": scale,
+        "seconds": started.elapsed().as_secs_f64(),
+        "results": results.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
+    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&out).unwrap_or_default(),
+    )
+    .ok();
+    eprintln!(
+        "results in {} ({:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,490 @@
+//! The scenarios. Each returns its figures as JSON; `summarise` turns them into the table.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::harness::{Nats, Receiver, Service, now_ns, percentiles, proc_stats};
+
+const PAD: usize = 400;
+
+fn pad() -> String {
+    "x".repeat(PAD)
+}
+
+fn mode_env(mode: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOOKSTREAM_DELIVERY__PULL_MODE", mode.to_string()),
+        ("HOOKSTREAM_DELIVERY__SWEEP_INTERVAL_MS", "15000".into()),
+    ]
+}
+
+/// Destinations `0..n`, destination `i` subscribed to `bench.d<i>`, created 64 at a time.
+async fn create_destinations(base: &str, n: usize, url: impl Fn(usize) -> String, extra: Value) {
+    let client = reqwest::Client::new();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            let mut body = json!({
+                "id": format!("d{i}"),
+                "url": url(i),
+                "event_types": [format!("bench.d{i}")],
+                "max_in_flight": 64,
+                "timeout_ms": 2000,
+                "retry": {"schedule_ms": [1000], "max_attempts": 3},
+            });
+            if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+                for (k, v) in e {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+            let url = format!("{base}/v1/destinations");
+            async move {
+                let r = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("create destination");
+                assert!(
+                    r.status().is_success(),
+                    "create destination: {}",
+                    r.status()
+                );
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+fn envelope(i: usize, event_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": format!("e{i}"), "tenant": "default", "type": event_type,
+        "source": null, "occurred_at": null, "received_at": "2026-01-01T00:00:00Z",
+        "data": {"t": now_ns(), "i": i, "pad": pad()},
+    }))
+    .unwrap_or_default()
+}
+
+/// Publishes `total` events straight to JetStream, event `i` for destination `i % dests`.
+async fn preload(nats_url: &str, total: usize, dests: usize) {
+    let client = async_nats::connect(nats_url).await.expect("connect");
+    let js = jetstream::new(client);
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..total {
+        let event_type = format!("bench.d{}", i % dests);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("e{i}").as_str());
+        let ack = js
+            .publish_with_headers(
+                format!("hs.ev.default.{event_type}"),
+                headers,
+                envelope(i, &event_type).into(),
+            )
+            .await
+            .expect("publish");
+        acks.push(ack.into_future());
+        if acks.len() >= 256 {
+            acks.next().await.expect("ack").expect("acked");
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.expect("acked");
+    }
+}
+
+/// (1) The HTTP stack the workers use, straight to the receiver: the reference 1.0.
+pub async fn raw_http(total: usize) -> Value {
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let body = bytes::Bytes::from(envelope(0, "bench.raw"));
+    let url = receiver.url("ok", 0);
+    let started = Instant::now();
+    futures::stream::iter(0..total)
+        .map(|_| {
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send();
+            async move { r.await.expect("post").status() }
+        })
+        .buffer_unordered(64)
+        .for_each(|_| async {})
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    json!({ "requests": total, "per_second": total as f64 / secs })
+}
+
+/// (2) JetStream publish with 256 acks in flight, then one pull consumer draining with acks.
+pub async fn raw_jetstream(total: usize) -> Value {
+    let nats = Nats::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(stream::Config {
+            name: "RAW".into(),
+            subjects: vec!["raw.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let payload = bytes::Bytes::from(envelope(0, "bench.raw"));
+    let started = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for _ in 0..total {
+        acks.push(
+            js.publish("raw.x", payload.clone())
+                .await
+                .expect("publish")
+                .into_future(),
+        );
+        if acks.len() >= 256 {
+            acks.next().await.expect("ack").expect("acked");
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.expect("acked");
+    }
+    let publish = total as f64 / started.elapsed().as_secs_f64();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("c".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(500)
+        .messages()
+        .await
+        .expect("messages");
+    for _ in 0..total {
+        let m = messages.next().await.expect("message").expect("ok");
+        m.ack().await.expect("ack");
+    }
+    let consume = total as f64 / started.elapsed().as_secs_f64();
+    json!({ "publish_per_second": publish, "pull_ack_per_second": consume })
+}
+
+/// (3) Ingest over HTTP (single and batches of 100) and over NATS publish.
+pub async fn ingest(total: usize) -> Value {
+    let nats = Nats::start();
+    let service = Service::start(&nats.url(), "api", &[]).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let url = format!("{}/v1/events", service.base());
+    let started = Instant::now();
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let body = json!({"type": "bench.single", "data": {"i": i, "pad": pad()}});
+            let r = client.post(&url).json(&body).send();
+            async move { assert_eq!(r.await.expect("post").status(), 202) }
+        })
+        .buffer_unordered(64)
+        .for_each(|_| async {})
+        .await;
+    let single = total as f64 / started.elapsed().as_secs_f64();
+    let batch_url = format!("{}/v1/events/batch", service.base());
+    let batches = total / 100;
+    let started = Instant::now();
+    futures::stream::iter(0..batches)
+        .map(|b| {
+            let events: Vec<Value> = (0..100)
+                .map(|i| json!({"type": "bench.batch", "data": {"i": b * 100 + i, "pad": pad()}}))
+                .collect();
+            let r = client
+                .post(&batch_url)
+                .json(&json!({"events": events}))
+                .send();
+            async move { assert_eq!(r.await.expect("post").status(), 200) }
+        })
+        .buffer_unordered(8)
+        .for_each(|_| async {})
+        .await;
+    let batch = (batches * 100) as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    preload(&nats.url(), total, 1).await;
+    let nats_publish = total as f64 / started.elapsed().as_secs_f64();
+    json!({ "http_single_per_second": single, "http_batch100_per_second": batch, "nats_publish_per_second": nats_publish })
+}
+
+/// (4) A pre-loaded backlog spread over `dests` destinations, drained by a fresh worker.
+pub async fn drain(dests: usize, total: usize, mode: &str) -> Value {
+    let nats = Nats::start();
+    let receiver = Receiver::start().await;
+    let env = mode_env(mode);
+    let api = Service::start(&nats.url(), "api", &env).await;
+    create_destinations(&api.base(), dests, |i| receiver.url("ok", i), json!({})).await;
+    preload(&nats.url(), total, dests).await;
+    let spawned = Instant::now();
+    let worker = Service::spawn(&nats.url(), "worker", &env);
+    let (_, cpu0) = proc_stats(worker.pid());
+    let (_, ncpu0) = proc_stats(nats.pid());
+    let first = receiver
+        .wait_for(1, Duration::from_secs(60))
+        .await
+        .expect("first delivery");
+    // Deliveries start before the worker reports ready (its first sweep wakes the
+    // backlog), so the clock starts at the first delivery, watched from the spawn.
+    let first_delivery_s = (first - spawned).as_secs_f64();
+    let last = receiver
+        .wait_for(total as u64, Duration::from_secs(300))
+        .await;
+    worker.wait_ready().await;
+    let ready = spawned.elapsed().as_secs_f64();
+    let (rss, cpu1) = proc_stats(worker.pid());
+    let (nats_rss, ncpu1) = proc_stats(nats.pid());
+    match last {
+        Some(last) => {
+            let secs = (last - first).as_secs_f64().max(1e-3);
+            json!({
+                "destinations": dests, "events": total, "mode": mode,
+                "per_second": (total - 1) as f64 / secs,
+                "worker_ready_s": ready,
+                "first_delivery_s": first_delivery_s,
+                "worker_cpu_s_per_100k": (cpu1 - cpu0) * 100_000.0 / total as f64,
+                "nats_cpu_s_per_100k": (ncpu1 - ncpu0) * 100_000.0 / total as f64,
+                "seconds": secs,
+                "worker_rss_mib": rss as f64 / 1048576.0,
+                "nats_rss_mib": nats_rss as f64 / 1048576.0,
+            })
+        }
+        None => {
+            json!({ "destinations": dests, "mode": mode, "error": format!("only {} of {total} delivered", receiver.received()) })
+        }
+    }
+}
+
+/// (5) Ingest → receipt latency at a fixed offered rate over HTTP.
+pub async fn latency(dests: usize, rate: usize, total: usize, mode: &str) -> Value {
+    let nats = Nats::start();
+    let receiver = Receiver::start().await;
+    let service = Service::start(&nats.url(), "serve", &mode_env(mode)).await;
+    create_destinations(&service.base(), dests, |i| receiver.url("ok", i), json!({})).await;
+    // Let the first sweep and the creation burst settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    receiver.state.record_latency.store(true, Ordering::Relaxed);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let url = format!("{}/v1/events", service.base());
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
+    for i in 0..total {
+        tick.tick().await;
+        let body =
+            json!({"type": format!("bench.d{}", i % dests), "data": {"t": now_ns(), "pad": pad()}});
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
+        let r = client.post(&url).json(&body).send();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = r.await;
+        });
+    }
+    let done = receiver
+        .wait_for(total as u64, Duration::from_secs(60))
+        .await
+        .is_some();
+    let latencies = std::mem::take(&mut *receiver.state.latencies_us.lock().await);
+    let (p50, p90, p99, max) = percentiles(latencies);
+    json!({
+        "destinations": dests, "offered_per_second": rate, "events": total, "mode": mode,
+        "complete": done, "p50_ms": p50 as f64 / 1000.0, "p90_ms": p90 as f64 / 1000.0,
+        "p99_ms": p99 as f64 / 1000.0, "max_ms": max as f64 / 1000.0,
+    })
+}
+
+/// (6) Cost of idle destinations: memory and CPU of hookstream and nats-server.
+pub async fn idle(dests: usize, mode: &str) -> Value {
+    let nats = Nats::start();
+    let receiver = Receiver::start().await;
+    let service = Service::start(&nats.url(), "serve", &mode_env(mode)).await;
+    let started = Instant::now();
+    create_destinations(&service.base(), dests, |i| receiver.url("ok", i), json!({})).await;
+    let create_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, hs0) = proc_stats(service.pid());
+    let (_, n0) = proc_stats(nats.pid());
+    let window = 20.0;
+    tokio::time::sleep(Duration::from_secs_f64(window)).await;
+    let (hs_rss, hs1) = proc_stats(service.pid());
+    let (nats_rss, n1) = proc_stats(nats.pid());
+    // A restart against the existing destinations: time to ready.
+    let spawned = Instant::now();
+    let second = Service::start(&nats.url(), "worker", &mode_env(mode)).await;
+    let restart_ready_s = spawned.elapsed().as_secs_f64();
+    drop(second);
+    json!({
+        "destinations": dests, "mode": mode, "create_s": create_s,
+        "hookstream_rss_mib": hs_rss as f64 / 1048576.0, "nats_rss_mib": nats_rss as f64 / 1048576.0,
+        "total_rss_mib": (hs_rss + nats_rss) as f64 / 1048576.0,
+        "hookstream_cpu_pct": (hs1 - hs0) / window * 100.0, "nats_cpu_pct": (n1 - n0) / window * 100.0,
+        "second_replica_ready_s": restart_ready_s,
+    })
+}
+
+/// (7) Healthy destinations' rate while 10 % fail with 500 and 10 % hang.
+pub async fn failure_mix(total: usize) -> Value {
+    let dests = 100;
+    let nats = Nats::start();
+    let receiver = Receiver::start().await;
+    let env = mode_env("on_demand");
+    let api = Service::start(&nats.url(), "api", &env).await;
+    let kind = |i: usize| {
+        if i < 10 {
+            "fail"
+        } else if i < 20 {
+            "hang"
+        } else {
+            "ok"
+        }
+    };
+    create_destinations(&api.base(), dests, |i| receiver.url(kind(i), i), json!({})).await;
+    preload(&nats.url(), total, dests).await;
+    let healthy = (0..total).filter(|i| kind(i % dests) == "ok").count() as u64;
+    let worker = Service::start(&nats.url(), "worker", &env).await;
+    let first = receiver
+        .wait_for(1, Duration::from_secs(60))
+        .await
+        .expect("first delivery");
+    let last = receiver.wait_for(healthy, Duration::from_secs(300)).await;
+    drop(worker);
+    match last {
+        Some(last) => {
+            json!({ "healthy_events": healthy, "healthy_per_second": (healthy - 1) as f64 / (last - first).as_secs_f64().max(1e-3) })
+        }
+        None => json!({ "error": format!("only {} of {healthy} delivered", receiver.received()) }),
+    }
+}
+
+fn get(results: &[(String, Value)], name: &str, key: &str) -> Option<f64> {
+    results
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.get(key))
+        .and_then(|v| v.as_f64())
+}
+
+/// The table, with the ratios the issues ask for.
+pub fn summarise(results: &[(String, Value)]) -> String {
+    let mut out = String::from("| figure | value |\n|---|---:|\n");
+    let mut row = |k: String, v: Option<f64>, unit: &str| {
+        if let Some(v) = v {
+            out.push_str(&format!("| {k} | {v:.1}{unit} |\n"));
+        }
+    };
+    let raw = get(results, "raw_http", "per_second");
+    row("raw HTTP (reference 1.0), req/s".into(), raw, "");
+    row(
+        "raw JetStream publish, msg/s".into(),
+        get(results, "raw_jetstream", "publish_per_second"),
+        "",
+    );
+    row(
+        "raw JetStream pull+ack, msg/s".into(),
+        get(results, "raw_jetstream", "pull_ack_per_second"),
+        "",
+    );
+    row(
+        "ingest HTTP single, ev/s".into(),
+        get(results, "ingest", "http_single_per_second"),
+        "",
+    );
+    row(
+        "ingest HTTP batch 100, ev/s".into(),
+        get(results, "ingest", "http_batch100_per_second"),
+        "",
+    );
+    row(
+        "ingest NATS publish, ev/s".into(),
+        get(results, "ingest", "nats_publish_per_second"),
+        "",
+    );
+    for mode in ["on_demand", "per_destination"] {
+        let one = get(results, &format!("drain_1_{mode}"), "per_second");
+        for d in [1, 100, 1000, 10000] {
+            let name = format!("drain_{d}_{mode}");
+            let rate = get(results, &name, "per_second");
+            row(format!("[{mode}] drain {d} dest, deliveries/s"), rate, "");
+            if let (Some(r), Some(raw)) = (rate, raw) {
+                row(
+                    format!("[{mode}] drain {d} dest / raw HTTP"),
+                    Some(r / raw * 100.0),
+                    " %",
+                );
+            }
+            if let (Some(r), Some(one)) = (rate, one) {
+                row(
+                    format!("[{mode}] drain {d} dest / drain 1 dest"),
+                    Some(r / one * 100.0),
+                    " %",
+                );
+            }
+            row(
+                format!("[{mode}] drain {d}: worker CPU s per 100k"),
+                get(results, &name, "worker_cpu_s_per_100k"),
+                "",
+            );
+        }
+        for d in [10, 1000] {
+            let name = format!("latency_{d}_{mode}");
+            row(
+                format!("[{mode}] latency {d} dest @1000/s p50 ms"),
+                get(results, &name, "p50_ms"),
+                "",
+            );
+            row(
+                format!("[{mode}] latency {d} dest @1000/s p99 ms"),
+                get(results, &name, "p99_ms"),
+                "",
+            );
+        }
+        let idle = format!("idle_10000_{mode}");
+        row(
+            format!("[{mode}] idle 10k: hookstream+nats RSS MiB"),
+            get(results, &idle, "total_rss_mib"),
+            "",
+        );
+        row(
+            format!("[{mode}] idle 10k: hookstream CPU %"),
+            get(results, &idle, "hookstream_cpu_pct"),
+            "",
+        );
+        row(
+            format!("[{mode}] idle 10k: nats-server CPU %"),
+            get(results, &idle, "nats_cpu_pct"),
+            "",
+        );
+        row(
+            format!("[{mode}] idle 10k: 2nd replica ready s"),
+            get(results, &idle, "second_replica_ready_s"),
+            "",
+        );
+    }
+    let healthy = get(results, "failure_mix", "healthy_per_second");
+    row("failure mix: healthy deliveries/s".into(), healthy, "");
+    if let (Some(h), Some(base)) = (healthy, get(results, "drain_100_on_demand", "per_second")) {
+        row(
+            "failure mix: healthy / all-healthy 100 dest".into(),
+            Some(h / base * 100.0),
+            " %",
+        );
+    }
+    out
+}
