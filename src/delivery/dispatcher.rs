@@ -160,6 +160,7 @@ impl Dispatcher {
         // Messages known to be waiting: announced (signals, sweep backlog, retry timers)
         // and, after each pull, the consumer's own count of what is left.
         let mut owed = 0usize;
+        let mut retried_empty = false;
         loop {
             // Read the destination on every round: a change (URL, secret, pause) applies
             // from the next pull on, not only after the backlog is gone.
@@ -202,11 +203,25 @@ impl Dispatcher {
                 continue;
             }
             let want = free.min(owed);
+            let announced = owed;
             let Ok(mut permits) = self.permits.clone().acquire_many_owned(want as u32).await else {
                 return true;
             };
             metrics::counter!(m::PULLS).increment(1);
-            let messages = match self.puller.fetch(&consumer, want).await {
+            // Messages the server sends after the pull returned (see `Puller::fetch`) are
+            // delivered as they come, outside this round's accounting; the consumer's
+            // max_ack_pending still bounds them.
+            let late = {
+                let deliverer = self.deliverer.clone();
+                let destination = destination.clone();
+                let tracker = self.tracker.clone();
+                move |msg| {
+                    let deliverer = deliverer.clone();
+                    let destination = destination.clone();
+                    tracker.spawn(async move { deliverer.handle(&destination, msg).await });
+                }
+            };
+            let messages = match self.puller.fetch(&consumer, want, late).await {
                 Ok(messages) => messages,
                 Err(e) if e.kind == BrokerErrorKind::NotFound => {
                     debug!(destination_id = %id, "consumer gone; stop draining");
@@ -223,15 +238,38 @@ impl Dispatcher {
             };
             let pulled = messages.len();
             tracing::trace!(destination_id = %id, want, pulled, "pulled");
+            if pulled == 0 && announced > 0 && !retried_empty {
+                // JetStream processes acks asynchronously: right after a batch finished,
+                // the consumer may still count its slots as taken and answer nothing.
+                // Look once more shortly rather than leave the backlog to the sweep. (Once:
+                // if the messages went to another replica, or wait for their retry time,
+                // that replica, the retry timer or the sweep wakes the destination.)
+                retried_empty = true;
+                owed = announced;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = slot.wake.notified() => {}
+                }
+                continue;
+            }
+            if pulled > 0 {
+                retried_empty = false;
+            }
             // The pull may have waited: take the destination as it is now, so a change
             // made meanwhile (which the consumer may already follow) applies.
             let destination = self.registry.get(id).unwrap_or(destination);
             // Each message carries the consumer's count of messages still waiting after
-            // it; the last one's is exact and free. Nothing pulled: nothing is ready.
-            owed = messages
+            // it. Measured: with many filtered consumers that count can lag, so a full pull
+            // is always followed by one more look; a short one is trusted.
+            let left = messages
                 .last()
                 .and_then(|m| m.info().ok())
                 .map_or(0, |info| info.pending as usize);
+            owed = match pulled {
+                0 => 0,
+                n if n == want => left.max(1),
+                _ => left,
+            };
             for msg in messages {
                 let permit = permits.split(1).expect("one permit per pulled message");
                 let deliverer = self.deliverer.clone();
