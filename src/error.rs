@@ -9,6 +9,7 @@ use tracing::error;
 
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::destinations::DestinationError;
+use crate::dlq::DlqError;
 use crate::ingest::IngestError;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,15 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     ConsumerLimit(String),
+    /// A replay or resend to a destination that no longer exists.
+    #[error("{0}")]
+    DestinationDeleted(String),
+    /// A replay or resend to a disabled destination.
+    #[error("{0}")]
+    DestinationDisabled(String),
+    /// The thing existed but is gone for good (e.g. an event removed by retention).
+    #[error("{0}")]
+    Gone(String),
     #[error("NATS is unavailable; retry later")]
     Unavailable(#[source] BrokerError),
     #[error("the event stream is full; retry later")]
@@ -45,7 +55,11 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) | Self::ConsumerLimit(_) => StatusCode::CONFLICT,
+            Self::Conflict(_)
+            | Self::ConsumerLimit(_)
+            | Self::DestinationDeleted(_)
+            | Self::DestinationDisabled(_) => StatusCode::CONFLICT,
+            Self::Gone(_) => StatusCode::GONE,
             Self::Unavailable(_) | Self::StreamFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,6 +75,9 @@ impl ApiError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Conflict(_) => "conflict",
             Self::ConsumerLimit(_) => "consumer_limit_reached",
+            Self::DestinationDeleted(_) => "destination_deleted",
+            Self::DestinationDisabled(_) => "destination_disabled",
+            Self::Gone(_) => "gone",
             Self::Unavailable(_) => "broker_unavailable",
             Self::StreamFull(_) => "stream_full",
             Self::Internal(_) => "internal",
@@ -125,6 +142,21 @@ impl From<IngestError> for ApiError {
             IngestError::IdConflict(_) => Self::Conflict(e.to_string()),
             IngestError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             IngestError::Broker(b) => b.into(),
+        }
+    }
+}
+
+impl From<DlqError> for ApiError {
+    fn from(e: DlqError) -> Self {
+        match e {
+            DlqError::Invalid(m) => Self::Invalid(m),
+            DlqError::NotFound(m) => Self::NotFound(m),
+            DlqError::DestinationDeleted(m) => Self::DestinationDeleted(m),
+            DlqError::DestinationDisabled(m) => Self::DestinationDisabled(m),
+            DlqError::Gone(m) => Self::Gone(m),
+            DlqError::Conflict(m) => Self::Conflict(m),
+            DlqError::Destination(d) => d.into(),
+            DlqError::Broker(b) => b.into(),
         }
     }
 }

@@ -8,15 +8,17 @@
 //! - [`destinations`]: destination management (bucket entry plus consumer).
 //! - [`delivery`]: workers: pull only where there is work, send signed requests, retry,
 //!   dead-letter.
-//! - [`dlq`]: dead letters on `HS_DLQ`.
+//! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
 //! - [`history`]: events and their attempt records, for the API.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
+//! - [`cli`]: `hookstream dlq …`, a client of a running service's HTTP API.
 
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod destinations;

@@ -1,5 +1,5 @@
 //! `hookstream serve | api | worker`: configuration, logs, then the application until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM. `hookstream dlq …` is a client of a running service's HTTP API.
 
 use std::path::PathBuf;
 
@@ -31,18 +31,22 @@ enum Command {
     Api,
     /// Delivery workers only (health and metrics on the listen address).
     Worker,
+    /// Dead letters of a running service: list, replay, purge (through its HTTP API).
+    Dlq(hookstream::cli::dlq::DlqArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg = Config::load(cli.config.as_deref()).context("invalid configuration")?;
-    hookstream::telemetry::logs::init(cfg.log.format);
     let role = match cli.command {
         Command::Serve => Role::Serve,
         Command::Api => Role::Api,
         Command::Worker => Role::Worker,
+        // A client of the HTTP API: no configuration, no logs, no NATS.
+        Command::Dlq(args) => return Ok(hookstream::cli::dlq::run(args).await?),
     };
+    let cfg = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    hookstream::telemetry::logs::init(cfg.log.format);
     let app = App::build_with_role(cfg, role)
         .await
         .context("hookstream could not start")?;

@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/events/batch", post(post_batch))
         .route("/v1/events/{id}", get(get_event))
         .route("/v1/events/{id}/attempts", get(get_attempts))
+        .route("/v1/events/{id}/resend", post(resend))
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -326,4 +327,65 @@ pub async fn get_attempts(
             })
             .collect(),
     }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendBody {
+    /// Send to this destination only (of the event's tenant). Without it: every
+    /// destination the event was attempted at that still exists and is enabled.
+    #[schema(value_type = Option<String>)]
+    pub destination_id: Option<crate::model::DestinationId>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResentView {
+    pub destination_id: String,
+    /// The new message's sequence on `HS_EVENTS`.
+    pub stream_seq: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResendAnswer {
+    pub event_id: String,
+    pub resent: Vec<ResentView>,
+}
+
+/// Send an event again (same `webhook-id`, fresh attempts) while it is on `HS_EVENTS`.
+#[utoipa::path(post, path = "/v1/events/{id}/resend", request_body = Option<ResendBody>,
+    responses(
+        (status = 202, body = ResendAnswer),
+        (status = 404, description = "Unknown event, or destination not of its tenant"),
+        (status = 409, description = "Destination disabled, or nothing to resend to"),
+        (status = 410, description = "The event is no longer on HS_EVENTS"),
+    ))]
+pub async fn resend(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let id = event_id(&id)?;
+    let request: ResendBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ResendBody::default()
+    } else {
+        parse(&body)?
+    };
+    let resent = crate::dlq::resend::resend(
+        &state.broker,
+        &state.destinations,
+        &id,
+        request.destination_id.as_ref(),
+    )
+    .await?;
+    let answer = ResendAnswer {
+        event_id: id.to_string(),
+        resent: resent
+            .into_iter()
+            .map(|r| ResentView {
+                destination_id: r.destination_id,
+                stream_seq: r.stream_seq,
+            })
+            .collect(),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
 }

@@ -2,6 +2,7 @@
 //! route goes through (body limit, timeout, request metrics, Retry-After on 503).
 
 pub mod destinations;
+pub mod dlq;
 pub mod events;
 pub mod health;
 pub mod json;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(events::router())
         .merge(destinations::router())
+        .merge(dlq::router())
         .merge(stats::router())
         .merge(health::router())
         .merge(openapi::router())

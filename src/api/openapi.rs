@@ -5,7 +5,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 
 use super::AppState;
-use super::{destinations, events, health, stats};
+use super::{destinations, dlq, events, health, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use super::{destinations, events, health, stats};
         events::post_batch,
         events::get_event,
         events::get_attempts,
+        events::resend,
         destinations::create,
         destinations::list,
         destinations::read,
@@ -28,6 +29,11 @@ use super::{destinations, events, health, stats};
         destinations::pause,
         destinations::resume,
         destinations::send_test,
+        dlq::list,
+        dlq::read,
+        dlq::remove,
+        dlq::replay,
+        dlq::purge,
         stats::stats,
         health::healthz,
         health::readyz,
@@ -44,8 +50,18 @@ use super::{destinations, events, health, stats};
         events::BatchItem,
         events::EventView,
         events::AttemptsView,
+        events::ResendBody,
+        events::ResendAnswer,
+        events::ResentView,
         destinations::RotateSecret,
         destinations::DestinationList,
+        dlq::DeadLetterView,
+        dlq::DeadLetterList,
+        dlq::DeadLetterSelection,
+        dlq::ReplayBody,
+        dlq::ReplayAnswer,
+        dlq::PurgeAnswer,
+        dlq::SkippedView,
         stats::StatsList,
     ))
 )]

@@ -4,6 +4,7 @@
 pub mod consumers;
 pub mod embedded;
 pub mod error;
+pub mod messages;
 pub mod names;
 pub mod pull;
 pub mod setup;

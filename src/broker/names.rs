@@ -26,6 +26,27 @@ pub mod headers {
     pub const ORIGINAL_SEQ: &str = "Hs-Original-Seq";
     pub const FIRST_ATTEMPT_AT: &str = "Hs-First-Attempt-At";
     pub const LAST_ATTEMPT_AT: &str = "Hs-Last-Attempt-At";
+    /// On a replayed event: the `HS_DLQ` sequence of the dead letter it replays.
+    pub const REPLAY_OF: &str = "Hs-Replay-Of";
+    /// On a resent event: the `HS_EVENTS` sequence of the event it sends again.
+    pub const RESEND_OF: &str = "Hs-Resend-Of";
+    /// Headers a dead letter adds to the original's; a replay leaves them out.
+    pub const DEAD_LETTER_ONLY: [&str; 9] = [
+        DLQ_REASON,
+        ATTEMPTS,
+        LAST_STATUS,
+        LAST_ERROR,
+        DESTINATION_ID,
+        ORIGINAL_SEQ,
+        FIRST_ATTEMPT_AT,
+        LAST_ATTEMPT_AT,
+        REPLAY_OF,
+    ];
+    /// Whether JetStream owns the header (`Nats-Msg-Id`, `Nats-Expected-*`, and what a
+    /// direct get adds: `Nats-Stream`, `Nats-Sequence`, …): never copied to a new message.
+    pub fn is_jetstream_header(name: &str) -> bool {
+        name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")
+    }
     /// JetStream counter increment (HS_STATS).
     pub const INCR: &str = "Nats-Incr";
 }
@@ -75,6 +96,24 @@ impl Subjects {
 
     pub fn dlq_wildcard(&self) -> String {
         format!("{}.dlq.>", self.prefix)
+    }
+
+    /// `hs.dlq.<tenant|*>.<destination|*>`: the dead letters of one tenant, one
+    /// destination, both, or all.
+    pub fn dlq_filter(&self, tenant: Option<&str>, destination: Option<&str>) -> String {
+        format!(
+            "{}.dlq.{}.{}",
+            self.prefix,
+            tenant.unwrap_or("*"),
+            destination.unwrap_or("*")
+        )
+    }
+
+    /// `(tenant, destination)` of a dead letter's subject.
+    pub fn parse_dlq_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".dlq.")?;
+        let (tenant, destination) = rest.split_once('.')?;
+        (!destination.contains('.')).then_some((tenant, destination))
     }
 
     pub fn attempt(&self, tenant: &str, event: &str, destination: &str) -> String {
@@ -148,6 +187,18 @@ pub fn destination_of_consumer(name: &str) -> Option<&str> {
     name.strip_prefix("dest_")
 }
 
+/// `Nats-Msg-Id` of the replay of dead letter `dlq_seq`: a second replay of the same dead
+/// letter within the duplicate window is dropped by JetStream. (The event id cannot be
+/// reused: the original publish holds it within the window.)
+pub fn replay_msg_id(dlq_seq: u64) -> String {
+    format!("replay-{dlq_seq}")
+}
+
+/// `Nats-Msg-Id` of one resend: every resend request sends again, so each is unique.
+pub fn resend_msg_id() -> String {
+    format!("resend-{}", ulid::Ulid::new())
+}
+
 /// KV key of an accepted event in `hs_idempotency`.
 pub fn idempotency_key(event: &EventId) -> String {
     format!("ev.{event}")
@@ -176,5 +227,27 @@ mod tests {
         );
         assert_eq!(s.parse_event_subject("hs.ev.acme"), None);
         assert_eq!(s.parse_event_subject("other.ev.acme.x"), None);
+    }
+
+    #[test]
+    fn dlq_subjects_parse_back() {
+        let s = Subjects::new("hs");
+        assert_eq!(s.dlq_filter(None, None), "hs.dlq.*.*");
+        assert_eq!(s.dlq_filter(Some("acme"), None), "hs.dlq.acme.*");
+        assert_eq!(s.dlq_filter(None, Some("d1")), "hs.dlq.*.d1");
+        assert_eq!(
+            s.parse_dlq_subject(&s.dlq("acme", "d1")),
+            Some(("acme", "d1"))
+        );
+        assert_eq!(s.parse_dlq_subject("hs.dlq.acme"), None);
+        assert_eq!(s.parse_dlq_subject("hs.ev.acme.d1"), None);
+    }
+
+    #[test]
+    fn jetstream_headers_are_recognised() {
+        assert!(headers::is_jetstream_header("Nats-Msg-Id"));
+        assert!(headers::is_jetstream_header("nats-sequence"));
+        assert!(!headers::is_jetstream_header("Hs-Tenant"));
+        assert!(!headers::is_jetstream_header("nats"));
     }
 }

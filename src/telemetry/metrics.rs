@@ -8,6 +8,10 @@ pub const DELIVERIES: &str = "hookstream_deliveries_total";
 pub const ATTEMPT_DURATION: &str = "hookstream_attempt_duration_seconds";
 pub const RETRIES_SCHEDULED: &str = "hookstream_retries_scheduled_total";
 pub const DEAD_LETTERED: &str = "hookstream_dead_lettered_total";
+/// Dead letters re-published by a replay (duplicates within the window not counted).
+pub const DLQ_REPLAYED: &str = "hookstream_dlq_replayed_total";
+/// Messages published by `POST /v1/events/{id}/resend`, one per destination.
+pub const EVENTS_RESENT: &str = "hookstream_events_resent_total";
 pub const PULLS: &str = "hookstream_pulls_total";
 pub const CONSUMER_BACKLOG: &str = "hookstream_consumer_backlog";
 pub const DESTINATIONS: &str = "hookstream_destinations";

@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod destinations;
 mod dlq;
+mod dlq_replay;
 mod ingest;
 mod replicas;
 mod retry;
