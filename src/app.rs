@@ -21,6 +21,7 @@ use crate::delivery::registry::Registry;
 use crate::delivery::sender::Sender;
 use crate::delivery::ssrf::SsrfPolicy;
 use crate::destinations::DestinationStore;
+use crate::flow::Flow;
 use crate::ingest::Ingestor;
 use crate::telemetry;
 
@@ -88,7 +89,8 @@ impl App {
                 (server.url().to_string(), Some(server))
             }
         };
-        let broker = Broker::connect(&url, &cfg).await?;
+        // Boxed: the setup future is large, and callers keep theirs on the stack.
+        let broker = Box::pin(Broker::connect(&url, &cfg)).await?;
         info!(%url, ?role, "NATS ready: streams and buckets in place");
 
         let ssrf = Arc::new(SsrfPolicy::from_config(&cfg.security));
@@ -101,10 +103,12 @@ impl App {
         let registry = role.runs_worker().then(|| Arc::new(Registry::default()));
         let destinations =
             DestinationStore::new(broker.clone(), cfg.clone(), ssrf, registry.clone());
+        let flow = Arc::new(Flow::new(&broker, &cfg.flow));
         let state = AppState {
             broker: broker.clone(),
             cfg: cfg.clone(),
-            ingestor: Ingestor::new(broker.clone(), destinations.clone()),
+            ingestor: Ingestor::new(broker.clone(), destinations.clone(), flow.clone()),
+            flow,
             destinations,
             registry,
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
@@ -138,6 +142,14 @@ impl App {
         // Workers stop on their own token, after the HTTP server has stopped accepting.
         let workers_token = CancellationToken::new();
 
+        // Every role keeps a copy of the circuits: workers gate on it, the API shows it.
+        tracker.spawn(
+            self.state
+                .flow
+                .circuits
+                .clone()
+                .run_watch(workers_token.clone()),
+        );
         if self.role.runs_worker() {
             self.start_worker(&tracker, &workers_token, &stop);
         }
@@ -185,6 +197,7 @@ impl App {
         let cfg = self.cfg.clone();
         let store = self.state.destinations.clone();
         let sender = self.sender.clone();
+        let flow = self.state.flow.clone();
         let ready = self.state.worker_ready.clone();
         let registry = self
             .state
@@ -203,6 +216,7 @@ impl App {
                     cfg.clone(),
                     store.clone(),
                     sender.clone(),
+                    flow.clone(),
                     tracker_inner.clone(),
                     token.clone(),
                 )

@@ -39,6 +39,12 @@ pub enum ApiError {
     /// The thing existed but is gone for good (e.g. an event removed by retention).
     #[error("{0}")]
     Gone(String),
+    /// Over a rate limit: 429 with `Retry-After`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("NATS is unavailable; retry later")]
     Unavailable(#[source] BrokerError),
     #[error("the event stream is full; retry later")]
@@ -60,6 +66,7 @@ impl ApiError {
             | Self::DestinationDeleted(_)
             | Self::DestinationDisabled(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::StreamFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,6 +85,7 @@ impl ApiError {
             Self::DestinationDeleted(_) => "destination_deleted",
             Self::DestinationDisabled(_) => "destination_disabled",
             Self::Gone(_) => "gone",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "broker_unavailable",
             Self::StreamFull(_) => "stream_full",
             Self::Internal(_) => "internal",
@@ -104,7 +112,16 @@ impl IntoResponse for ApiError {
             error!(code = self.code(), cause = %chain, "request failed");
         }
         // A 503 gets its Retry-After from the router's middleware, which knows the config.
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Self::RateLimited { retry_after, .. } = &self {
+            // Whole seconds, rounded up: "retry after 0" would invite a busy loop.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs as u64),
+            );
+        }
+        response
     }
 }
 
@@ -141,6 +158,13 @@ impl From<IngestError> for ApiError {
             IngestError::Invalid(m) => Self::Invalid(m),
             IngestError::IdConflict(_) => Self::Conflict(e.to_string()),
             IngestError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
+            IngestError::RateLimited {
+                message,
+                retry_after,
+            } => Self::RateLimited {
+                message,
+                retry_after,
+            },
             IngestError::Broker(b) => b.into(),
         }
     }

@@ -7,6 +7,7 @@
 //! publishes across requests: each request awaits only its own PubAck.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use tracing::warn;
 use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
 use crate::destinations::{DestinationError, DestinationStore};
+use crate::flow::Flow;
 use crate::model::{Envelope, EventId, NewEvent};
 use crate::telemetry::metrics as m;
 
@@ -28,6 +30,12 @@ pub enum IngestError {
     TooLarge { size: usize, max: usize },
     #[error("event id {0} is already used by another tenant")]
     IdConflict(String),
+    /// The tenant is over its ingest limit: try again after this long.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -59,13 +67,15 @@ pub struct TraceContext {
 pub struct Ingestor {
     broker: Broker,
     destinations: DestinationStore,
+    flow: Arc<Flow>,
 }
 
 impl Ingestor {
-    pub fn new(broker: Broker, destinations: DestinationStore) -> Self {
+    pub fn new(broker: Broker, destinations: DestinationStore, flow: Arc<Flow>) -> Self {
         Self {
             broker,
             destinations,
+            flow,
         }
     }
 
@@ -116,6 +126,14 @@ impl Ingestor {
             });
         }
 
+        // After the duplicate check: a repeat publishes nothing and costs no quota.
+        if let Err(wait) = self.flow.admit_tenant(tenant.as_str(), 1).await? {
+            metrics::counter!(m::TENANT_RATE_LIMITED).increment(1);
+            return Err(IngestError::RateLimited {
+                message: format!("tenant {tenant} is over its ingest rate limit; retry later"),
+                retry_after: wait,
+            });
+        }
         let envelope = Envelope {
             id: id.clone(),
             tenant: tenant.clone(),

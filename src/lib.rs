@@ -8,6 +8,8 @@
 //! - [`destinations`]: destination management (bucket entry plus consumer).
 //! - [`delivery`]: workers: pull only where there is work, send signed requests, retry,
 //!   dead-letter.
+//! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
+//!   replicas through KV.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
 //! - [`history`]: events and their attempt records, for the API.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
@@ -24,6 +26,7 @@ pub mod delivery;
 pub mod destinations;
 pub mod dlq;
 pub mod error;
+pub mod flow;
 pub mod history;
 pub mod ingest;
 pub mod model;

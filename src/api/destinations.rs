@@ -93,7 +93,9 @@ pub async fn read(
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("destination {id} not found")))?;
-    Ok(axum::Json(destination.view()))
+    let mut view = destination.view();
+    view.circuit = Some(state.flow.circuits.view(id.as_str()));
+    Ok(axum::Json(view))
 }
 
 /// Replace a destination's settings (not its id, tenant or secrets).

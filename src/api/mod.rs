@@ -34,6 +34,7 @@ pub struct AppState {
     pub broker: Broker,
     pub cfg: Arc<Config>,
     pub ingestor: Ingestor,
+    pub flow: Arc<crate::flow::Flow>,
     pub destinations: DestinationStore,
     /// The worker's view of the destinations, when this process runs a worker.
     pub registry: Option<Arc<Registry>>,

@@ -13,6 +13,7 @@ use super::{AppState, Page, bad_request};
 use crate::broker::names;
 use crate::delivery::stats::read_totals;
 use crate::error::ApiError;
+use crate::model::circuit::CircuitView;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/stats", get(stats))
@@ -33,6 +34,7 @@ pub struct DestinationStats {
     pub backlog: u64,
     pub enabled: bool,
     pub paused: bool,
+    pub circuit: CircuitView,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -81,6 +83,7 @@ pub async fn stats(
                     backlog: pending + retrying,
                     enabled: d.enabled,
                     paused: d.paused,
+                    circuit: state.flow.circuits.view(d.id.as_str()),
                 }
             }
         })

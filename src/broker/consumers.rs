@@ -103,6 +103,24 @@ pub async fn set_paused(stream: &Stream, name: &str, paused: bool) -> Result<(),
         .map_err(|e| BrokerError::new("pausing or resuming destination consumer", e))
 }
 
+/// Pauses the consumer until `until`, when the server resumes it by itself (an open
+/// circuit's cool-down).
+pub async fn pause_until(
+    stream: &Stream,
+    name: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> Result<(), BrokerError> {
+    let until = OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+        until.timestamp_nanos_opt().unwrap_or(i64::MAX),
+    ))
+    .unwrap_or_else(|_| far_future());
+    stream
+        .pause_consumer(name, until)
+        .await
+        .map(drop)
+        .map_err(|e| BrokerError::new("pausing destination consumer", e))
+}
+
 pub async fn delete(stream: &Stream, name: &str) -> Result<(), BrokerError> {
     match stream.delete_consumer(name).await {
         Ok(_) => Ok(()),

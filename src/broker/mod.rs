@@ -32,6 +32,8 @@ pub struct Broker {
     pub stats: Stream,
     pub destinations: kv::Store,
     pub idempotency: kv::Store,
+    pub ratelimit: kv::Store,
+    pub circuits: kv::Store,
 }
 
 impl Broker {
@@ -64,12 +66,30 @@ impl Broker {
             .build(client.clone());
         let subjects = Subjects::new(&cfg.subject_prefix);
 
-        let events = setup::ensure_stream(&js, setup::events_stream(cfg, &subjects)).await?;
-        let dlq = setup::ensure_stream(&js, setup::dlq_stream(cfg, &subjects)).await?;
-        let attempts = setup::ensure_stream(&js, setup::attempts_stream(cfg, &subjects)).await?;
-        let stats = setup::ensure_stream(&js, setup::stats_stream(cfg, &subjects)).await?;
-        let destinations = setup::ensure_bucket(&js, setup::destinations_bucket(cfg)).await?;
-        let idempotency = setup::ensure_bucket(&js, setup::idempotency_bucket(cfg)).await?;
+        // Boxed: eight setup futures inline would make this one too large for a thread's
+        // stack in debug builds.
+        let events = Box::pin(setup::ensure_stream(
+            &js,
+            setup::events_stream(cfg, &subjects),
+        ))
+        .await?;
+        let dlq = Box::pin(setup::ensure_stream(&js, setup::dlq_stream(cfg, &subjects))).await?;
+        let attempts = Box::pin(setup::ensure_stream(
+            &js,
+            setup::attempts_stream(cfg, &subjects),
+        ))
+        .await?;
+        let stats = Box::pin(setup::ensure_stream(
+            &js,
+            setup::stats_stream(cfg, &subjects),
+        ))
+        .await?;
+        let destinations =
+            Box::pin(setup::ensure_bucket(&js, setup::destinations_bucket(cfg))).await?;
+        let idempotency =
+            Box::pin(setup::ensure_bucket(&js, setup::idempotency_bucket(cfg))).await?;
+        let ratelimit = Box::pin(setup::ensure_bucket(&js, setup::ratelimit_bucket(cfg))).await?;
+        let circuits = Box::pin(setup::ensure_bucket(&js, setup::circuit_bucket(cfg))).await?;
         Ok(Self {
             client,
             js,
@@ -80,6 +100,8 @@ impl Broker {
             stats,
             destinations,
             idempotency,
+            ratelimit,
+            circuits,
         })
     }
 

@@ -10,6 +10,8 @@ pub const ATTEMPTS_STREAM: &str = "HS_ATTEMPTS";
 pub const STATS_STREAM: &str = "HS_STATS";
 pub const DESTINATIONS_BUCKET: &str = "hs_destinations";
 pub const IDEMPOTENCY_BUCKET: &str = "hs_idempotency";
+pub const RATELIMIT_BUCKET: &str = "hs_ratelimit";
+pub const CIRCUIT_BUCKET: &str = "hs_circuit";
 
 /// Header names on messages of `HS_EVENTS` and `HS_DLQ`.
 pub mod headers {

@@ -108,6 +108,37 @@ pub fn idempotency_bucket(cfg: &Config) -> kv::Config {
     }
 }
 
+/// Rate-limit state: one small value per limited destination or tenant, rewritten a few
+/// times a second while busy. Keys unused for an hour vanish (an absent key is a full
+/// burst, which an hour of silence has earned anyway).
+pub fn ratelimit_bucket(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: names::RATELIMIT_BUCKET.into(),
+        description: "hookstream: shared rate-limit state (GCRA)".into(),
+        history: 1,
+        max_age: Duration::from_secs(3600),
+        max_value_size: 1024,
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
+/// Circuit state of destinations that failed lately. An open circuit is rewritten at
+/// least every cool-down; a closed one left alone for a day vanishes.
+pub fn circuit_bucket(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: names::CIRCUIT_BUCKET.into(),
+        description: "hookstream: shared circuit-breaker state".into(),
+        history: 1,
+        max_age: Duration::from_secs(86_400),
+        max_value_size: 1024,
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
 /// Creates the stream, or updates it when a field hookstream owns differs. Safe when
 /// several replicas start at once: a lost creation race is resolved by the next round.
 pub async fn ensure_stream(

@@ -38,6 +38,7 @@ pub struct Config {
     pub dlq: RetentionConfig,
     pub idempotency: IdempotencyConfig,
     pub delivery: DeliveryConfig,
+    pub flow: FlowConfig,
     pub security: SecurityConfig,
     pub log: LogConfig,
 }
@@ -120,6 +121,28 @@ pub enum PullMode {
     OnDemand,
     /// One parked pull stream per destination: the measured baseline, for benchmarks.
     PerDestination,
+}
+
+/// Circuit breakers, shared rate limits, tenant ingest limits (`src/flow/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    pub circuit_failure_threshold: u32,
+    pub circuit_cooldown_ms: u64,
+    pub circuit_probes: u32,
+    pub rate_lease_horizon_ms: u64,
+    pub rate_lease_max: u32,
+    pub tenant_default: TenantLimit,
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, TenantLimit>,
+}
+
+/// Events per second a tenant may ingest, all API replicas together; 0 = unlimited.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,6 +267,33 @@ impl Config {
                     self.api.listen
                 ),
             ));
+        }
+        let f = &self.flow;
+        if f.circuit_failure_threshold == 0 || f.circuit_probes == 0 {
+            return Err(invalid(
+                "flow.circuit_failure_threshold",
+                "circuit_failure_threshold and circuit_probes must be at least 1",
+            ));
+        }
+        if f.circuit_cooldown_ms == 0 || f.rate_lease_max == 0 {
+            return Err(invalid(
+                "flow.circuit_cooldown_ms",
+                "circuit_cooldown_ms and rate_lease_max must be positive",
+            ));
+        }
+        for (tenant, l) in std::iter::once(("tenant_default", &f.tenant_default))
+            .chain(f.tenants.iter().map(|(t, l)| (t.as_str(), l)))
+        {
+            if !(l.per_second >= 0.0 && l.per_second.is_finite())
+                || (l.per_second > 0.0 && l.burst == 0)
+            {
+                return Err(invalid(
+                    "flow.tenants",
+                    format!(
+                        "{tenant}: per_second must be 0 (unlimited) or positive, with a burst of at least 1"
+                    ),
+                ));
+            }
         }
         if !matches!(self.nats.replicas, 1..=5) {
             return Err(invalid("nats.replicas", "must be 1 to 5"));

@@ -25,6 +25,7 @@ use crate::broker::names::EventSubject;
 use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;
 use crate::dlq::{self, DeadLetter, DlqReason};
+use crate::flow::{self, Admission, Flow};
 use crate::model::{
     AttemptOutcome, AttemptRecord, BodyMode, Destination, Envelope, EventType, HttpMethod,
 };
@@ -41,6 +42,7 @@ pub enum Handled {
 pub struct Deliverer {
     pub broker: Broker,
     pub sender: Sender,
+    pub flow: Arc<Flow>,
     pub store: DestinationStore,
     pub stats: Arc<StatsCounters>,
     pub retry_after_cap: Duration,
@@ -190,6 +192,22 @@ impl Deliverer {
         };
         let ack_wait = Duration::from_millis(destination.timeout_ms) + self.ack_wait_margin;
         loop {
+            // Rate limit and circuit first: waiting or being held back uses up no attempt.
+            let admitted = tokio::select! {
+                a = keep_alive(&msg, ack_wait, self.flow.admit(destination)) => Some(a),
+                _ = self.token.cancelled() => None,
+            };
+            match admitted {
+                Some(Admission::Send) => {}
+                Some(Admission::Hold(delay)) => {
+                    ack(&msg, AckKind::Nak(Some(delay))).await;
+                    return Handled::RetryIn(delay);
+                }
+                None => {
+                    ack(&msg, AckKind::Nak(None)).await;
+                    return Handled::Done;
+                }
+            }
             let tried = keep_alive(
                 &msg,
                 ack_wait,
@@ -197,6 +215,9 @@ impl Deliverer {
             )
             .await;
             let response = &tried.response;
+            self.flow
+                .settle(destination, flow::verdict(response.status))
+                .await;
             if response.is_success() {
                 self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
                     .await;

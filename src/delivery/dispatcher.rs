@@ -25,6 +25,7 @@ use super::attempt::{Deliverer, Handled};
 use super::registry::Registry;
 use crate::broker::pull::Puller;
 use crate::broker::{BrokerErrorKind, names};
+use crate::flow::circuit::Gate;
 use crate::model::DestinationId;
 use crate::telemetry::metrics as m;
 
@@ -171,11 +172,24 @@ impl Dispatcher {
                     return true;
                 }
             };
-            let limit = if destination.ordered {
+            let mut limit = if destination.ordered {
                 1
             } else {
                 destination.max_in_flight.max(1) as usize
             };
+            // An open circuit: no pulls until the cool-down ends (its timer wakes the
+            // destination); half-open: no more than the probes.
+            match self.deliverer.flow.circuits.gate(id) {
+                Gate::Closed => {}
+                Gate::Open(left) => {
+                    self.finish(id, in_flight).await;
+                    self.signal_at(id, Instant::now() + left + Duration::from_millis(50));
+                    return true;
+                }
+                Gate::HalfOpen => {
+                    limit = limit.min(self.deliverer.flow.circuits.policy().probes as usize);
+                }
+            }
             let batch = limit.min(self.pull_batch);
             let free = limit.saturating_sub(in_flight.len()).min(batch);
             // While draining a backlog, wait until half a batch of slots is free instead of

@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
 use crate::config::{Config, PullMode};
 use crate::destinations::DestinationStore;
+use crate::flow::Flow;
 use attempt::Deliverer;
 use dispatcher::Dispatcher;
 use registry::Registry;
@@ -52,12 +53,16 @@ pub struct Worker {
 impl Worker {
     /// Loads the destinations, subscribes to the signal, runs a first sweep (which repairs
     /// consumers and wakes every destination with a backlog), then keeps all of it going.
+    // Each argument is a distinct shared handle the worker's tasks keep; a struct holding
+    // them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         registry: Arc<Registry>,
         broker: Broker,
         cfg: Arc<Config>,
         store: DestinationStore,
         sender: Sender,
+        flow: Arc<Flow>,
         tracker: TaskTracker,
         token: CancellationToken,
     ) -> Result<Self, BrokerError> {
@@ -67,6 +72,7 @@ impl Worker {
         let deliverer = Arc::new(Deliverer {
             broker: broker.clone(),
             sender,
+            flow,
             store: store.clone(),
             stats: stats.clone(),
             retry_after_cap: Duration::from_millis(d.retry_after_cap_ms),

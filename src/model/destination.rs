@@ -129,6 +129,7 @@ impl Destination {
             created_at: self.created_at,
             updated_at: self.updated_at,
             secret: None,
+            circuit: None,
         }
     }
 }
@@ -161,6 +162,9 @@ pub struct DestinationView {
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The circuit breaker, shared by all replicas (absent where the API cannot see it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<super::circuit::CircuitView>,
 }
 
 /// The body of `POST /v1/destinations` and `PUT /v1/destinations/{id}`: every field but

@@ -2,6 +2,7 @@
 //! validation; nothing here talks to NATS or HTTP.
 
 pub mod attempt;
+pub mod circuit;
 pub mod destination;
 pub mod event;
 pub mod ids;

@@ -19,6 +19,15 @@ pub const DESTINATIONS: &str = "hookstream_destinations";
 pub const CONSUMERS: &str = "hookstream_stream_consumers";
 pub const CONSUMER_LIMIT: &str = "hookstream_stream_consumer_limit";
 pub const HTTP_REQUESTS: &str = "hookstream_http_requests_total";
+/// Deliveries held back, by `reason` (`rate_limit`, `circuit_open`); never an attempt.
+pub const THROTTLED: &str = "hookstream_throttled_total";
+/// Per destination with a circuit entry: 0 closed, 1 open, 2 half-open.
+pub const CIRCUIT_STATE: &str = "hookstream_circuit_state";
+pub const CIRCUIT_OPENED: &str = "hookstream_circuit_opened_total";
+/// Compare-and-set writes to `hs_ratelimit` (compare with deliveries to see the lease).
+pub const RATE_LIMIT_KV_WRITES: &str = "hookstream_ratelimit_kv_writes_total";
+/// Events refused with 429 by a tenant's ingest limit.
+pub const TENANT_RATE_LIMITED: &str = "hookstream_tenant_rate_limited_total";
 
 /// Installs the process-wide recorder once; later calls (tests building several apps in
 /// one process) get the same handle.

@@ -10,6 +10,7 @@ mod delivery;
 mod destinations;
 mod dlq;
 mod dlq_replay;
+mod flow;
 mod ingest;
 mod replicas;
 mod retry;

@@ -131,7 +131,7 @@ async fn events_posted_to_either_replica_reach_every_destination_about_once() {
 #[tokio::test]
 async fn max_in_flight_holds_across_replicas_together() {
     const EVENTS: usize = 60;
-    const MAX_IN_FLIGHT: u32 = 4;
+    const MAX_IN_FLIGHT: u32 = 3;
     let a = spawn_app().await;
     let b = spawn_app_on(&a.nats, |_| {}).await;
     let receiver = Receiver::start().await;

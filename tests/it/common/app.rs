@@ -36,42 +36,53 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], letting the test adjust the config before the app is built.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let nats = Arc::new(NatsServer::start().await);
-    spawn_app_on(&nats, adjust).await
+    // Boxed, like `spawn_app_on`: tests that start several apps keep their own futures
+    // small enough for a test thread's stack in debug builds.
+    Box::pin(async move {
+        let nats = Arc::new(NatsServer::start().await);
+        spawn_app_on(&nats, adjust).await
+    })
+    .await
 }
 
 /// Another app (e.g. a second replica) on an existing nats-server.
 pub async fn spawn_app_on(nats: &Arc<NatsServer>, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    super::init_test_tracing();
-    // Embedded defaults only: the developer's environment and files must not leak in.
-    let mut cfg = Config::defaults();
-    cfg.nats.url = Some(nats.url());
-    cfg.api.listen = "127.0.0.1:0".to_string();
-    // Receivers run on 127.0.0.1, which the SSRF guard refuses by default.
-    cfg.security.allow_private_networks = true;
-    // Short enough that retry and recovery tests finish in seconds.
-    cfg.delivery.sweep_interval_ms = 500;
-    adjust(&mut cfg);
+    Box::pin(async move {
+        super::init_test_tracing();
+        // Embedded defaults only: the developer's environment and files must not leak in.
+        let mut cfg = Config::defaults();
+        cfg.nats.url = Some(nats.url());
+        cfg.api.listen = "127.0.0.1:0".to_string();
+        // Receivers run on 127.0.0.1, which the SSRF guard refuses by default.
+        cfg.security.allow_private_networks = true;
+        // Short enough that retry and recovery tests finish in seconds.
+        cfg.delivery.sweep_interval_ms = 500;
+        // Tests of retries and dead letters fail receivers on purpose; the circuit breaker
+        // (tested in flow.rs, which sets its own threshold) would hold their events.
+        cfg.flow.circuit_failure_threshold = u32::MAX;
+        adjust(&mut cfg);
 
-    let app = App::build(cfg).await.expect("app builds");
-    let address = app.api_address().expect("api enabled");
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(app.run_until_stopped(token.clone()));
+        let app = App::build(cfg).await.expect("app builds");
+        let address = app.api_address().expect("api enabled");
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(token.clone()));
 
-    let test_app = TestApp {
-        address,
-        client: reqwest::Client::builder()
-            // Failing fast beats waiting for nextest's slow-test timeout.
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("build the test HTTP client"),
-        nats: nats.clone(),
-        token,
-        handle: Some(handle),
-    };
-    test_app.wait_ready().await;
-    test_app
+        let test_app = TestApp {
+            address,
+            client: reqwest::Client::builder()
+                // Failing fast beats waiting for nextest's slow-test timeout.
+                .timeout(Duration::from_secs(30))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("build the test HTTP client"),
+            nats: nats.clone(),
+            token,
+            handle: Some(handle),
+        };
+        test_app.wait_ready().await;
+        test_app
+    })
+    .await
 }
 
 impl TestApp {

@@ -43,6 +43,9 @@ impl ServiceProcess {
             .env("HOOKSTREAM_LISTEN", format!("127.0.0.1:{port}"))
             .env("HOOKSTREAM_ALLOW_PRIVATE_NETWORKS", "true")
             .env("HOOKSTREAM_DELIVERY__SWEEP_INTERVAL_MS", "500")
+            // Tests of retries and dead letters fail receivers on purpose; the circuit
+            // breaker (tested in flow.rs) would hold their events for its cool-down.
+            .env("HOOKSTREAM_FLOW__CIRCUIT_FAILURE_THRESHOLD", "1000000000")
             .env("RUST_LOG", "info")
             .envs(extra_env.iter().copied());
         if super::test_log_enabled() {
