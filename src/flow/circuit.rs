@@ -1,5 +1,5 @@
 //! Circuit breakers, one per destination, shared by all replicas through KV `hs_circuit`
-//! (docs/adr/0005).
+//! (docs/adr/0006).
 //!
 //! Closed: requests go out; each failed attempt that says "the receiver is not well"
 //! (no answer, 5xx, 408, 429) adds one to a shared count of consecutive failures, any

@@ -1,5 +1,5 @@
 //! Flow control: what may be sent when, per destination and across replicas
-//! (docs/adr/0005-flow-control-in-kv.md).
+//! (docs/adr/0006-flow-control-in-kv.md).
 //!
 //! - [`gcra`]: the rate-limit arithmetic on one number.
 //! - [`rate`]: rate limits shared through KV `hs_ratelimit`, leased in small batches.

@@ -1,6 +1,6 @@
 //! Rate limits shared by all replicas: one GCRA state per key in KV `hs_ratelimit`,
 //! changed by compare-and-set, with send times leased in small batches so that a busy
-//! destination costs a KV round trip per batch, not per request (docs/adr/0005).
+//! destination costs a KV round trip per batch, not per request (docs/adr/0006).
 //!
 //! A lease is a list of *send times* (GCRA slots), not a pile of tokens: a replica holding
 //! five slots of a 20/s limit sends them 50 ms apart, exactly as if it had asked five
