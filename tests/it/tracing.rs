@@ -353,3 +353,92 @@ async fn with_traces_off_the_incoming_traceparent_is_forwarded_unchanged() {
     );
     assert_eq!(requests[1].header("traceparent"), None);
 }
+
+/// Dead-lettering and the replay of the dead letter stay in the event's trace: the
+/// replay's publish is a child of the dead-letter span and links to the replay request,
+/// and the delivery after it is a child of the replay.
+#[tokio::test]
+async fn dead_letter_and_replay_continue_the_events_trace() {
+    let nats = NatsServer::start().await;
+    let otlp = OtlpReceiver::start_grpc().await;
+    let receiver = Receiver::start().await;
+    receiver.script([500]);
+    let service = traced_service(&nats, &otlp, "grpc", "100").await;
+    let base = service.base_url();
+    let destination = post(
+        &base,
+        "/v1/destinations",
+        json!({"url": receiver.url("/"), "event_types": ["order.*"],
+               "retry": {"schedule_ms": [], "max_attempts": 1}}),
+        &[],
+    )
+    .await["id"]
+        .as_str()
+        .expect("destination id")
+        .to_string();
+    let accepted = post(
+        &base,
+        "/v1/events",
+        json!({"type": "order.created", "data": {}}),
+        &[("traceparent", &producer_traceparent())],
+    )
+    .await;
+    let event_id = accepted["id"].as_str().expect("event id").to_string();
+    assert!(
+        receiver.recv_timeout(WAIT).await.is_some(),
+        "the failed attempt"
+    );
+    let dead_letter = otlp
+        .wait_for(WAIT, |spans| {
+            spans.iter().any(|s| s.name == "publish HS_DLQ")
+        })
+        .await
+        .into_iter()
+        .find(|s| s.name == "publish HS_DLQ")
+        .expect("dead-letter span");
+    assert_eq!(dead_letter.trace_id, PRODUCER_TRACE);
+    assert_eq!(dead_letter.kind, kind::PRODUCER);
+
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/dlq/replay"))
+        .json(&json!({"destination_id": destination}))
+        .send()
+        .await
+        .expect("replay request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let request = receiver
+        .recv_timeout(WAIT)
+        .await
+        .expect("the replayed delivery");
+    let spans = otlp
+        .wait_for(WAIT, |spans| attempts(spans, &event_id).len() == 2)
+        .await;
+    let replay_request = the_one(&spans, "replay request", |s| {
+        s.name == "POST /v1/dlq/replay"
+    });
+    let replay = the_one(&spans, "replay", |s| {
+        s.attr("hookstream.operation") == Some("replay")
+    });
+    assert_eq!(replay.trace_id, PRODUCER_TRACE, "in the event's trace");
+    assert_eq!(replay.parent_span_id, dead_letter.span_id);
+    assert_eq!(
+        replay.links,
+        [(
+            replay_request.trace_id.clone(),
+            replay_request.span_id.clone()
+        )]
+    );
+    assert_eq!(replay.attr("hookstream.event.id"), Some(event_id.as_str()));
+    let after = attempts(&spans, &event_id)
+        .into_iter()
+        .find(|a| a.status == status::UNSET)
+        .expect("the successful attempt after the replay");
+    let process = the_one(&spans, "process after replay", |s| {
+        s.span_id == after.parent_span_id
+    });
+    assert_eq!(process.parent_span_id, replay.span_id);
+    assert_eq!(
+        ids_of(request.header("traceparent").expect("traceparent sent")),
+        (PRODUCER_TRACE.to_string(), after.span_id.clone())
+    );
+}
