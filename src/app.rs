@@ -91,7 +91,9 @@ impl App {
         };
         // Boxed: the setup future is large, and callers keep theirs on the stack.
         let broker = Box::pin(Broker::connect(&url, &cfg)).await?;
-        info!(%url, ?role, "NATS ready: streams and buckets in place");
+        // A NATS URL may carry user and password.
+        let shown = telemetry::redact::url(&url);
+        info!(url = %shown, ?role, "NATS ready: streams and buckets in place");
 
         let ssrf = Arc::new(SsrfPolicy::from_config(&cfg.security));
         let sender = Sender::new(
@@ -112,7 +114,7 @@ impl App {
             destinations,
             registry,
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
-            metrics: telemetry::metrics::install(),
+            metrics: telemetry::metrics::install(cfg.telemetry.destination_label_limit()),
         };
         let addr = cfg.listen_addr();
         let listener = TcpListener::bind(addr)

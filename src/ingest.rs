@@ -13,7 +13,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
@@ -21,6 +21,7 @@ use crate::destinations::{DestinationError, DestinationStore};
 use crate::flow::Flow;
 use crate::model::{Envelope, EventId, NewEvent};
 use crate::telemetry::metrics as m;
+use crate::telemetry::{propagation, spans};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -162,14 +163,27 @@ impl Ingestor {
                 max,
             });
         }
-        let ack = self
-            .broker
-            .js
-            .publish_with_headers(subject, headers, body)
-            .await
-            .map_err(|e| BrokerError::new("publishing event", e))?
-            .await
-            .map_err(|e| BrokerError::new("awaiting event ack", e))?;
+        // With traces on, the message carries the publish span's context (a child of the
+        // request's); off, the request's own traceparent travels on unchanged.
+        let span = spans::publish(
+            names::EVENTS_STREAM,
+            &subject,
+            id.as_str(),
+            Some(id.as_str()),
+        );
+        propagation::inject_nats(&span, &mut headers);
+        let ack = async {
+            self.broker
+                .js
+                .publish_with_headers(subject, headers, body)
+                .await
+                .map_err(|e| BrokerError::new("publishing event", e))?
+                .await
+                .map_err(|e| BrokerError::new("awaiting event ack", e))
+        }
+        .instrument(span.clone())
+        .await
+        .inspect_err(|_| spans::record_error(&span, "publish_failed"))?;
         if ack.duplicate {
             metrics::counter!(m::INGEST_DUPLICATES).increment(1);
             return Ok(Accepted {

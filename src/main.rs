@@ -1,5 +1,5 @@
-//! `hookstream serve | api | worker`: configuration, logs, then the application until
-//! SIGINT or SIGTERM. `hookstream dlq …` is a client of a running service's HTTP API.
+//! `hookstream serve | api | worker`: configuration, logs and traces, then the application
+//! until SIGINT or SIGTERM, then the last spans flushed. `hookstream dlq …` is a client of a running service's HTTP API.
 
 use std::path::PathBuf;
 
@@ -46,7 +46,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq(args) => return Ok(hookstream::cli::dlq::run(args).await?),
     };
     let cfg = Config::load(cli.config.as_deref()).context("invalid configuration")?;
-    hookstream::telemetry::logs::init(cfg.log.format);
+    let telemetry = hookstream::telemetry::logs::init(cfg.log.format)
+        .context("invalid OpenTelemetry configuration (OTEL_* variables)")?;
     let app = App::build_with_role(cfg, role)
         .await
         .context("hookstream could not start")?;
@@ -57,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         signal_token.cancel();
     });
-    app.run_until_stopped(token).await?;
+    let stopped = app.run_until_stopped(token).await;
+    // After the app: the spans of the last deliveries are in the batch exporter's queue.
+    telemetry.shutdown().await;
+    stopped?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP API: one router per resource, the shared state, and the middleware that every
-//! route goes through (body limit, timeout, request metrics, Retry-After on 503).
+//! route goes through (body limit, timeout, request metrics, Retry-After on 503, the
+//! request's server span).
 
 pub mod destinations;
 pub mod dlq;
@@ -8,6 +9,7 @@ pub mod health;
 pub mod json;
 pub mod openapi;
 pub mod stats;
+pub mod traced;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +76,8 @@ pub fn router(state: AppState) -> Router {
             timeout,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost: the server span covers the whole request, timeout included.
+        .layer(middleware::from_fn(traced::trace_requests))
         .with_state(state)
 }
 

@@ -2,6 +2,7 @@
 //! consumers, pulls, the embedded server, and error classification.
 
 pub mod consumers;
+pub mod credentials;
 pub mod embedded;
 pub mod error;
 pub mod messages;
@@ -58,7 +59,15 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::new("reading NATS credentials", e))?;
         }
-        let client = options.connect(url).await.map_err(|e| {
+        let (url, in_url) = credentials::split(url);
+        options = match in_url {
+            Some(credentials::UrlCredentials::UserPassword(user, password)) => {
+                options.user_and_password(user, password)
+            }
+            Some(credentials::UrlCredentials::Token(token)) => options.token(token),
+            None => options,
+        };
+        let client = options.connect(url.as_str()).await.map_err(|e| {
             BrokerError::with_kind(BrokerErrorKind::Unavailable, "connecting to NATS", e)
         })?;
         let js = jetstream::ContextBuilder::new()

@@ -41,6 +41,7 @@ pub struct Config {
     pub flow: FlowConfig,
     pub security: SecurityConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +164,26 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+/// Metrics and traces; traces themselves are configured by the standard `OTEL_*`
+/// variables only (`telemetry/traces.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub per_destination_metrics: bool,
+    pub per_destination_metrics_limit: usize,
+}
+
+impl TelemetryConfig {
+    /// How many destinations get their own `destination` label (0: none).
+    pub fn destination_label_limit(&self) -> usize {
+        if self.per_destination_metrics {
+            self.per_destination_metrics_limit
+        } else {
+            0
+        }
+    }
 }
 
 impl Config {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, warn};
 
 use super::retry::{self, Next};
 use super::sender::{self, Sender};
@@ -30,6 +30,7 @@ use crate::model::{
     AttemptOutcome, AttemptRecord, BodyMode, Destination, Envelope, EventType, HttpMethod,
 };
 use crate::telemetry::metrics as m;
+use crate::telemetry::{propagation, spans};
 
 /// What the dispatcher should do for the destination after a message was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,25 @@ impl Deliverer {
                 return Handled::Done;
             }
         };
+        // The consumer span of this delivery; its parent is the message's traceparent.
+        let span = spans::process(
+            destination.id.as_str(),
+            msg.subject.as_str(),
+            msg.headers.as_ref(),
+            delivered,
+        );
+        self.handle_parsed(destination, msg, seq, delivered)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_parsed(
+        &self,
+        destination: &Destination,
+        msg: Message,
+        seq: u64,
+        delivered: i64,
+    ) -> Handled {
         match self.parse(destination, &msg, seq, delivered) {
             Ok(Some(incoming)) => self.deliver(destination, msg, incoming).await,
             Ok(None) => {
@@ -165,6 +185,7 @@ impl Deliverer {
         if !wanted {
             return Ok(None);
         }
+        spans::record_event_id(&Span::current(), envelope.id.as_str());
         Ok(Some(Incoming {
             envelope,
             body: msg.payload.clone(),
@@ -222,6 +243,7 @@ impl Deliverer {
                 self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
                     .await;
                 ack(&msg, AckKind::Ack).await;
+                spans::record_outcome(&Span::current(), "delivered", None);
                 return Handled::Done;
             }
             if response.status == Some(410) {
@@ -256,7 +278,9 @@ impl Deliverer {
                 Some(next_at),
             )
             .await;
-            metrics::counter!(m::RETRIES_SCHEDULED).increment(1);
+            metrics::counter!(m::RETRIES_SCHEDULED, "destination" => m::destination_label(destination.id.as_str()))
+                .increment(1);
+            spans::record_outcome(&Span::current(), "retrying", Some(delay.as_millis() as u64));
             if !destination.ordered {
                 ack(&msg, AckKind::Nak(Some(delay))).await;
                 return Handled::RetryIn(delay);
@@ -283,11 +307,18 @@ impl Deliverer {
         msg: &Message,
     ) -> Tried {
         let started_at = Utc::now();
-        let traceparent = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(crate::broker::names::headers::TRACEPARENT))
-            .map(|v| v.as_str());
+        let span = spans::attempt(
+            method_name(destination.method),
+            event.envelope.id.as_str(),
+            destination.id.as_str(),
+            number,
+        );
+        // Traces on: the receiver's parent is this attempt's span. Off: the message's own
+        // traceparent (the producer's), if it has one, as before.
+        let own = propagation::traceparent_of(&span);
+        let traceparent = own
+            .as_deref()
+            .or_else(|| propagation::nats_traceparent(msg.headers.as_ref()));
         let request = build_request(
             destination,
             event,
@@ -296,7 +327,10 @@ impl Deliverer {
             traceparent,
         );
         let response = match request {
-            Ok(request) => self.sender.send(request).await,
+            Ok(request) => {
+                spans::record_attempt_url(&span, &request.url);
+                self.sender.send(request).instrument(span.clone()).await
+            }
             Err(error) => sender::Response {
                 status: None,
                 body: None,
@@ -305,6 +339,7 @@ impl Deliverer {
                 duration: Duration::ZERO,
             },
         };
+        spans::record_attempt_result(&span, response.status, response.error.as_deref());
         metrics::histogram!(m::ATTEMPT_DURATION).record(response.duration.as_secs_f64());
         debug!(
             event_id = %event.envelope.id,
@@ -366,7 +401,13 @@ impl Deliverer {
         )
         .await;
         ack(msg, AckKind::Ack).await;
-        metrics::counter!(m::DEAD_LETTERED, "reason" => reason.as_str()).increment(1);
+        spans::record_outcome(&Span::current(), "dead_lettered", None);
+        metrics::counter!(
+            m::DEAD_LETTERED,
+            "reason" => reason.as_str(),
+            "destination" => m::destination_label(destination.id.as_str())
+        )
+        .increment(1);
         warn!(event_id = %event.envelope.id, destination_id = %destination.id, reason = reason.as_str(), attempts = tried.number, "dead-lettered");
         if reason == DlqReason::Gone {
             let why = format!(
@@ -403,7 +444,12 @@ impl Deliverer {
         match dlq::publish::publish(&self.broker, letter).await {
             Ok(()) => {
                 warn!(destination_id = %destination.id, seq, error = why, "malformed event dead-lettered");
-                metrics::counter!(m::DEAD_LETTERED, "reason" => "malformed_event").increment(1);
+                metrics::counter!(
+                    m::DEAD_LETTERED,
+                    "reason" => "malformed_event",
+                    "destination" => m::destination_label(destination.id.as_str())
+                )
+                .increment(1);
                 self.stats
                     .add(destination.id.as_str(), super::stats::Counter::DeadLettered);
                 ack(&msg, AckKind::Ack).await;
@@ -443,7 +489,12 @@ impl Deliverer {
             AttemptOutcome::Retrying => "failed",
             AttemptOutcome::DeadLettered => "dead_lettered",
         };
-        metrics::counter!(m::DELIVERIES, "outcome" => outcome_label).increment(1);
+        metrics::counter!(
+            m::DELIVERIES,
+            "outcome" => outcome_label,
+            "destination" => m::destination_label(destination.id.as_str())
+        )
+        .increment(1);
         let r = &tried.response;
         let record = AttemptRecord {
             event_id: event.envelope.id.to_string(),
@@ -530,6 +581,14 @@ impl Deliverer {
             .ok()?;
         let record: AttemptRecord = serde_json::from_slice(&msg.payload).ok()?;
         (record.stream_seq == event.seq).then_some(record.started_at)
+    }
+}
+
+fn method_name(method: HttpMethod) -> &'static str {
+    match method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Post => "POST",
     }
 }
 

@@ -49,6 +49,8 @@ impl Sweeper {
             ..Default::default()
         };
         let mut seen = HashSet::with_capacity(states.len());
+        // Destinations beyond the label limit are summed under destination="_other".
+        let mut other_backlog: Option<u64> = None;
         let now = time::OffsetDateTime::now_utc();
         for state in states {
             let Some(id) = names::destination_of_consumer(&state.name) else {
@@ -68,8 +70,13 @@ impl Sweeper {
             };
             seen.insert(id.to_string());
             let backlog = state.num_pending + state.num_ack_pending as u64;
-            metrics::gauge!(m::CONSUMER_BACKLOG, "destination" => id.to_string())
-                .set(backlog as f64);
+            // Read here, once per sweep, and cached in the gauge: a scrape costs NATS nothing.
+            match m::own_destination_label(id) {
+                Some(label) => {
+                    metrics::gauge!(m::CONSUMER_BACKLOG, "destination" => label).set(backlog as f64)
+                }
+                None => other_backlog = Some(other_backlog.unwrap_or(0) + backlog),
+            }
             let want = consumers::desired_config(
                 &destination,
                 &self.broker.subjects,
@@ -96,6 +103,10 @@ impl Sweeper {
                     }
                 }
             }
+        }
+        if let Some(backlog) = other_backlog {
+            metrics::gauge!(m::CONSUMER_BACKLOG, "destination" => m::OTHER_DESTINATIONS)
+                .set(backlog as f64);
         }
         metrics::gauge!(m::DESTINATIONS).set(self.registry.len() as f64);
         metrics::gauge!(m::CONSUMERS).set(report.consumers as f64);

@@ -5,8 +5,11 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::broker::names::headers as h;
+use tracing::Instrument;
+
+use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError};
+use crate::telemetry::{propagation, spans};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DlqReason {
@@ -61,10 +64,8 @@ pub async fn publish(broker: &Broker, letter: DeadLetter<'_>) -> Result<(), Brok
     }
     // The (event, destination, original message) triple: a redelivery after a crash
     // between this publish and the original's ack is dropped by the duplicate window.
-    headers.insert(
-        h::MSG_ID,
-        format!("dlq-{}-{}", letter.original_seq, letter.destination_id).as_str(),
-    );
+    let msg_id = format!("dlq-{}-{}", letter.original_seq, letter.destination_id);
+    headers.insert(h::MSG_ID, msg_id.as_str());
     headers.insert(h::DLQ_REASON, letter.reason.as_str());
     headers.insert(h::ATTEMPTS, letter.attempts.to_string().as_str());
     headers.insert(
@@ -85,13 +86,22 @@ pub async fn publish(broker: &Broker, letter: DeadLetter<'_>) -> Result<(), Brok
     headers.insert(h::LAST_ATTEMPT_AT, stamp(letter.last_attempt_at).as_str());
 
     let subject = broker.subjects.dlq(letter.tenant, letter.destination_id);
-    broker
-        .js
-        .publish_with_headers(subject, headers, letter.body)
-        .await
-        .map_err(|e| BrokerError::new("publishing dead letter", e))?
-        .await
-        .map_err(|e| BrokerError::new("awaiting dead letter ack", e))?;
+    // With traces on, the dead letter carries this span's context instead of the
+    // original's, so that a replay continues the event's trace from here.
+    let span = spans::publish(names::DLQ_STREAM, &subject, &msg_id, None);
+    propagation::inject_nats(&span, &mut headers);
+    async {
+        broker
+            .js
+            .publish_with_headers(subject, headers, letter.body)
+            .await
+            .map_err(|e| BrokerError::new("publishing dead letter", e))?
+            .await
+            .map_err(|e| BrokerError::new("awaiting dead letter ack", e))
+    }
+    .instrument(span.clone())
+    .await
+    .inspect_err(|_| spans::record_error(&span, "publish_failed"))?;
     Ok(())
 }
 

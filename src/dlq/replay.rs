@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use super::browse::{self, StoredDeadLetter};
 use super::select::{self, Cursor, Order, Selection};
@@ -33,6 +33,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;
 use crate::model::{Destination, DestinationId, Envelope};
 use crate::telemetry::metrics as m;
+use crate::telemetry::{propagation, spans};
 
 /// Re-publishes in flight at once; their acks are awaited together.
 const CHUNK: usize = 64;
@@ -350,6 +351,7 @@ async fn enable(store: &DestinationStore, id: &str) -> Result<Destination, DlqEr
 /// One re-publish: where, with what, and which dead letter it removes.
 struct Job {
     dlq_seq: u64,
+    event_id: String,
     subject: String,
     headers: HeaderMap,
     body: bytes::Bytes,
@@ -383,6 +385,7 @@ fn job(
     headers.insert(h::REPLAY_OF, letter.seq.to_string().as_str());
     Ok(Job {
         dlq_seq: letter.seq,
+        event_id: envelope.id.to_string(),
         subject: broker
             .subjects
             .directed(&destination_id, &envelope.event_type),
@@ -418,10 +421,23 @@ async fn republish_chunk(broker: &Broker, chunk: &[Job]) -> Result<(u64, u64), D
     let mut pending: Vec<(u64, Result<PublishAckFuture, BrokerError>)> =
         Vec::with_capacity(chunk.len());
     for job in chunk {
+        // A span of the event's own trace (the dead letter carries its context), linked
+        // to the replay request; the re-published message carries the span's context.
+        let span = spans::republish(
+            names::EVENTS_STREAM,
+            &job.subject,
+            job.headers.get(h::MSG_ID).map_or("", |v| v.as_str()),
+            &job.event_id,
+            &job.headers,
+            "replay",
+        );
+        let mut headers = job.headers.clone();
+        propagation::inject_nats(&span, &mut headers);
         // Sent one after the other, so the stream stores them in this order.
         let sent = broker
             .js
-            .publish_with_headers(job.subject.clone(), job.headers.clone(), job.body.clone())
+            .publish_with_headers(job.subject.clone(), headers, job.body.clone())
+            .instrument(span)
             .await
             .map_err(|e| BrokerError::new("re-publishing a dead letter", e));
         let failed = sent.is_err();

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use super::DlqError;
 use super::replay::carried_headers;
@@ -21,6 +21,7 @@ use crate::destinations::DestinationStore;
 use crate::history;
 use crate::model::{DestinationId, Envelope, EventId};
 use crate::telemetry::metrics as m;
+use crate::telemetry::{propagation, spans};
 
 /// One message published by a resend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,14 +112,22 @@ pub async fn resend(
     let mut resent = Vec::with_capacity(targets.len());
     for id in targets {
         let mut headers = headers.clone();
-        headers.insert(h::MSG_ID, names::resend_msg_id().as_str());
+        let msg_id = names::resend_msg_id();
+        headers.insert(h::MSG_ID, msg_id.as_str());
+        let subject = broker.subjects.directed(&id, &envelope.event_type);
+        let span = spans::republish(
+            names::EVENTS_STREAM,
+            &subject,
+            &msg_id,
+            event_id.as_str(),
+            &message.headers,
+            "resend",
+        );
+        propagation::inject_nats(&span, &mut headers);
         let ack = broker
             .js
-            .publish_with_headers(
-                broker.subjects.directed(&id, &envelope.event_type),
-                headers,
-                message.payload.clone(),
-            )
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .instrument(span)
             .await
             .map_err(|e| BrokerError::new("resending an event", e))?
             .await

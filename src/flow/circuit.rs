@@ -329,13 +329,19 @@ impl Circuits {
             return;
         }
         let phase = stored.phase(Utc::now());
+        let gauge = m::own_destination_label(key)
+            .map(|label| metrics::gauge!(m::CIRCUIT_STATE, "destination" => label));
         if stored == Stored::closed() {
-            if known.remove(key).is_some() {
-                metrics::gauge!(m::CIRCUIT_STATE, "destination" => key.to_string()).set(0.0);
+            if known.remove(key).is_some()
+                && let Some(gauge) = gauge
+            {
+                gauge.set(0.0);
             }
         } else {
             known.insert(key.to_string(), (stored, revision));
-            metrics::gauge!(m::CIRCUIT_STATE, "destination" => key.to_string()).set(phase.gauge());
+            if let Some(gauge) = gauge {
+                gauge.set(phase.gauge());
+            }
         }
     }
 

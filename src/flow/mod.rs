@@ -86,14 +86,14 @@ impl Flow {
         match self.circuits.gate(id) {
             Gate::Closed => {}
             Gate::Open(left) => {
-                metrics::counter!(m::THROTTLED, "reason" => "circuit_open").increment(1);
+                metrics::counter!(m::THROTTLED, "destination" => m::destination_label(id), "reason" => "circuit_open").increment(1);
                 // Come back just after the cool-down, when probes may go.
                 return Admission::Hold(left + Duration::from_millis(50));
             }
             Gate::HalfOpen => match self.circuits.try_probe(&destination.id).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    metrics::counter!(m::THROTTLED, "reason" => "circuit_open").increment(1);
+                    metrics::counter!(m::THROTTLED, "destination" => m::destination_label(id), "reason" => "circuit_open").increment(1);
                     return Admission::Hold(self.probe_wait());
                 }
                 Err(e) => {
@@ -109,7 +109,7 @@ impl Flow {
             };
             match self.rate.acquire(&rate::destination_key(id), limit).await {
                 Ok(waited) if !waited.is_zero() => {
-                    metrics::counter!(m::THROTTLED, "reason" => "rate_limit").increment(1);
+                    metrics::counter!(m::THROTTLED, "destination" => m::destination_label(id), "reason" => "rate_limit").increment(1);
                 }
                 Ok(_) => {}
                 Err(e) => {

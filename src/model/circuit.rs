@@ -17,8 +17,8 @@ impl Phase {
     pub fn gauge(self) -> f64 {
         match self {
             Phase::Closed => 0.0,
-            Phase::Open => 1.0,
-            Phase::HalfOpen => 2.0,
+            Phase::HalfOpen => 1.0,
+            Phase::Open => 2.0,
         }
     }
 }

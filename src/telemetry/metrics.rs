@@ -1,5 +1,10 @@
-//! Metric names, defined once, and the Prometheus recorder behind `/metrics`.
+//! Metric names, defined once, the Prometheus recorder behind `/metrics`, and the
+//! `destination` label, whose cardinality is bounded (docs/adr/0005-metric-labels.md).
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_INGESTED: &str = "hookstream_events_ingested_total";
@@ -19,9 +24,11 @@ pub const DESTINATIONS: &str = "hookstream_destinations";
 pub const CONSUMERS: &str = "hookstream_stream_consumers";
 pub const CONSUMER_LIMIT: &str = "hookstream_stream_consumer_limit";
 pub const HTTP_REQUESTS: &str = "hookstream_http_requests_total";
-/// Deliveries held back, by `reason` (`rate_limit`, `circuit_open`); never an attempt.
+/// Deliveries held back by a destination's rate limit or open circuit (no attempt used).
+/// Labels: `destination` (see [`destination_label`]), `reason` (`rate_limit`, `circuit_open`).
 pub const THROTTLED: &str = "hookstream_throttled_total";
-/// Per destination with a circuit entry: 0 closed, 1 open, 2 half-open.
+/// A destination's circuit: 0 closed, 1 half-open, 2 open. Label: `destination`, set only
+/// for destinations with their own label ([`own_destination_label`]).
 pub const CIRCUIT_STATE: &str = "hookstream_circuit_state";
 pub const CIRCUIT_OPENED: &str = "hookstream_circuit_opened_total";
 /// Compare-and-set writes to `hs_ratelimit` (compare with deliveries to see the lease).
@@ -29,10 +36,69 @@ pub const RATE_LIMIT_KV_WRITES: &str = "hookstream_ratelimit_kv_writes_total";
 /// Events refused with 429 by a tenant's ingest limit.
 pub const TENANT_RATE_LIMITED: &str = "hookstream_tenant_rate_limited_total";
 
+/// The `destination` label value shared by destinations beyond the limit.
+pub const OTHER_DESTINATIONS: &str = "_other";
+
+/// Which destinations get their own `destination` label value: the first `limit` seen
+/// since the process started; the others share [`OTHER_DESTINATIONS`]. A bound on the
+/// number of series per metric whatever the number of destinations.
+struct DestinationLabels {
+    limit: usize,
+    admitted: Mutex<HashSet<Arc<str>>>,
+}
+
+/// Process-wide like the recorder it shapes the labels of; set once by [`install`].
+static DESTINATION_LABELS: OnceLock<DestinationLabels> = OnceLock::new();
+
+/// The `destination` label value for counters: the id, or [`OTHER_DESTINATIONS`].
+pub fn destination_label(id: &str) -> SharedString {
+    own_destination_label(id).unwrap_or(SharedString::const_str(OTHER_DESTINATIONS))
+}
+
+/// The id as a label value if this destination has its own series; `None` if it is
+/// beyond the limit (gauges then sum such destinations under `_other`, or skip them).
+pub fn own_destination_label(id: &str) -> Option<SharedString> {
+    DESTINATION_LABELS
+        .get_or_init(|| DestinationLabels::new(DEFAULT_DESTINATION_LABEL_LIMIT))
+        .own(id)
+}
+
+impl DestinationLabels {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            admitted: Mutex::default(),
+        }
+    }
+
+    fn own(&self, id: &str) -> Option<SharedString> {
+        if self.limit == 0 {
+            return None;
+        }
+        let mut admitted = self
+            .admitted
+            .lock()
+            .expect("label set lock is never poisoned");
+        if let Some(known) = admitted.get(id) {
+            return Some(SharedString::from(known.clone()));
+        }
+        if admitted.len() >= self.limit {
+            return None;
+        }
+        let id: Arc<str> = Arc::from(id);
+        admitted.insert(id.clone());
+        Some(SharedString::from(id))
+    }
+}
+
+const DEFAULT_DESTINATION_LABEL_LIMIT: usize = 1000;
+
 /// Installs the process-wide recorder once; later calls (tests building several apps in
-/// one process) get the same handle.
-pub fn install() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+/// one process) get the same handle. `per_destination_limit` destinations get their own
+/// `destination` label (0: none does); the first call decides.
+pub fn install(per_destination_limit: usize) -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    let _ = DESTINATION_LABELS.set(DestinationLabels::new(per_destination_limit));
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -52,4 +118,20 @@ pub fn install() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_beyond_the_limit_share_one_label() {
+        let labels = DestinationLabels::new(2);
+        assert_eq!(labels.own("dst_a").as_deref(), Some("dst_a"));
+        assert_eq!(labels.own("dst_b").as_deref(), Some("dst_b"));
+        assert_eq!(labels.own("dst_c"), None);
+        // Admitted ones keep their label.
+        assert_eq!(labels.own("dst_a").as_deref(), Some("dst_a"));
+        assert_eq!(DestinationLabels::new(0).own("dst_a"), None);
+    }
 }

@@ -180,7 +180,11 @@ async fn an_open_circuit_sends_nothing_for_the_cool_down_probes_then_delivers_al
     );
     let (_, stats) = a.get("/v1/stats").await;
     assert_eq!(stats["data"][0]["circuit"]["state"], "open", "{stats}");
-    assert_eq!(metric_sum(&a, "hookstream_circuit_state").await, 1.0);
+    assert_eq!(
+        metric_sum(&a, "hookstream_circuit_state").await,
+        2.0,
+        "2 = open"
+    );
 
     // During the cool-down: silence. Then exactly one probe, which fails: open again.
     let probe = receiver

@@ -1,6 +1,6 @@
 //! Fixtures shared by the integration tests: a real nats-server per test ([`nats`]), the
 //! app in-process ([`app`]) or as the real binary ([`process`]), a recording HTTP
-//! receiver ([`receiver`]) and checks done with independent Python libraries ([`verify`]).
+//! receiver ([`receiver`]), an OTLP trace receiver ([`otlp`]) and checks done with independent Python libraries ([`verify`]).
 //!
 //! Every fixture binds 127.0.0.1 on a free port and cleans up on drop, so tests run in
 //! parallel without sharing anything. `TEST_LOG=1` shows the logs of everything started.
@@ -11,7 +11,9 @@
 
 pub mod app;
 pub mod nats;
+pub mod otlp;
 pub mod process;
+pub mod prometheus;
 pub mod receiver;
 pub mod verify;
 
