@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::common::prometheus::Scrape;
 use crate::common::{Receiver, Request, TestApp, spawn_app, spawn_app_on, spawn_app_with};
 
 async fn create_destination(app: &TestApp, body: Value) -> String {
@@ -52,7 +53,7 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
 }
 
-/// Prometheus text: the sum of every sample of `name` (all label sets).
+/// The sum of every sample of `name` (all label sets) on the app's `/metrics`.
 async fn metric_sum(app: &TestApp, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", app.base_url()))
         .await
@@ -60,13 +61,9 @@ async fn metric_sum(app: &TestApp, name: &str) -> f64 {
         .text()
         .await
         .expect("metrics text");
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    Scrape::parse(&text)
+        .expect("/metrics parses as Prometheus text")
+        .value(name, &[])
 }
 
 #[tokio::test]
