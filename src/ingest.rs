@@ -41,6 +41,27 @@ pub enum IngestError {
     Broker(#[from] BrokerError),
 }
 
+/// An item's place in a batch: wait for the previous item's publish, then let the next one
+/// go (by dropping `done`). The default is a single event with nobody to wait for.
+#[derive(Default)]
+pub struct Turn {
+    pub wait: Option<tokio::sync::oneshot::Receiver<()>>,
+    pub done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// Turns for `n` items, each after the one before.
+    pub fn chain(n: usize) -> Vec<Turn> {
+        let mut turns: Vec<Turn> = (0..n).map(|_| Turn::default()).collect();
+        for i in 1..n {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            turns[i - 1].done = Some(tx);
+            turns[i].wait = Some(rx);
+        }
+        turns
+    }
+}
+
 /// The answer for one accepted (or recognised duplicate) event.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
@@ -85,6 +106,20 @@ impl Ingestor {
         event: NewEvent,
         idempotency_key: Option<&str>,
         trace: &TraceContext,
+    ) -> Result<Accepted, IngestError> {
+        self.ingest_in_turn(event, idempotency_key, trace, Turn::default())
+            .await
+    }
+
+    /// Like [`Ingestor::ingest`], publishing only after the previous item of a batch has
+    /// published (its `Turn`), so that a batch's events are stored in its order while
+    /// their checks and acknowledgements overlap.
+    pub async fn ingest_in_turn(
+        &self,
+        event: NewEvent,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+        mut turn: Turn,
     ) -> Result<Accepted, IngestError> {
         let tenant = event.tenant.clone().unwrap_or_default();
         let id = match (&event.id, idempotency_key) {
@@ -173,12 +208,20 @@ impl Ingestor {
         );
         propagation::inject_nats(&span, &mut headers);
         let ack = async {
-            self.broker
+            if let Some(previous) = turn.wait.take() {
+                // Sent or given up: either way it is this item's turn (a closed channel
+                // means the previous item ended before publishing).
+                let _ = previous.await;
+            }
+            let sent = self
+                .broker
                 .js
                 .publish_with_headers(subject, headers, body)
                 .await
-                .map_err(|e| BrokerError::new("publishing event", e))?
-                .await
+                .map_err(|e| BrokerError::new("publishing event", e))?;
+            // Written to the connection: the next item may publish behind it.
+            drop(turn.done.take());
+            sent.await
                 .map_err(|e| BrokerError::new("awaiting event ack", e))
         }
         .instrument(span.clone())

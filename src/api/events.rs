@@ -16,7 +16,7 @@ use super::AppState;
 use super::json::{ApiJson, parse};
 use crate::error::ApiError;
 use crate::history;
-use crate::ingest::{Accepted, TraceContext};
+use crate::ingest::{Accepted, TraceContext, Turn};
 use crate::model::{AttemptRecord, DeliveryStatus, EventId, NewEvent};
 
 pub fn router() -> Router<AppState> {
@@ -128,43 +128,47 @@ pub async fn post_batch(
     }
     let key = idempotency_key(&headers)?;
     let trace = trace_context(&headers);
-    let results: Vec<BatchItem> = futures::stream::iter(batch.events.into_iter().enumerate())
-        .map(|(i, raw)| {
-            let state = state.clone();
-            let trace = trace.clone();
-            // A batch-level key makes each item's key `<key>/<index>`.
-            let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
-            async move {
-                let outcome = async {
-                    let event: NewEvent = parse(raw.get().as_bytes())?;
-                    Ok::<_, ApiError>(
-                        state
-                            .ingestor
-                            .ingest(event, item_key.as_deref(), &trace)
-                            .await?,
-                    )
+    // Each item publishes after the one before it: the batch is stored in its order (an
+    // ordered destination then gets it in that order), while checks and acks overlap.
+    let turns = Turn::chain(batch.events.len());
+    let results: Vec<BatchItem> =
+        futures::stream::iter(batch.events.into_iter().zip(turns).enumerate())
+            .map(|(i, (raw, turn))| {
+                let state = state.clone();
+                let trace = trace.clone();
+                // A batch-level key makes each item's key `<key>/<index>`.
+                let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
+                async move {
+                    let outcome = async {
+                        let event: NewEvent = parse(raw.get().as_bytes())?;
+                        Ok::<_, ApiError>(
+                            state
+                                .ingestor
+                                .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
+                                .await?,
+                        )
+                    }
+                    .await;
+                    match outcome {
+                        Ok(a) => BatchItem {
+                            status: if a.duplicate { 200 } else { 202 },
+                            id: Some(a.id),
+                            duplicate: Some(a.duplicate),
+                            error: None,
+                        },
+                        Err(e) => BatchItem {
+                            status: e.status().as_u16(),
+                            id: None,
+                            duplicate: None,
+                            error: Some(e.body()["error"].clone()),
+                        },
+                    }
                 }
-                .await;
-                match outcome {
-                    Ok(a) => BatchItem {
-                        status: if a.duplicate { 200 } else { 202 },
-                        id: Some(a.id),
-                        duplicate: Some(a.duplicate),
-                        error: None,
-                    },
-                    Err(e) => BatchItem {
-                        status: e.status().as_u16(),
-                        id: None,
-                        duplicate: None,
-                        error: Some(e.body()["error"].clone()),
-                    },
-                }
-            }
-        })
-        // Many publishes in flight at once; results keep the request's order.
-        .buffered(128)
-        .collect()
-        .await;
+            })
+            // Many publishes in flight at once; results keep the request's order.
+            .buffered(128)
+            .collect()
+            .await;
     Ok((
         StatusCode::OK,
         axum::Json(serde_json::json!({ "results": results })),

@@ -258,9 +258,14 @@ async fn an_ordered_destination_gets_200_events_in_publish_order_through_failure
     )
     .await;
     let ids = ids("ord", EVENTS);
-    // One at a time: the order of the 202s is the publish order. (The items of a batch
-    // are published concurrently, so a batch does not fix an order.)
-    post_all(&[&app], &ids, "ledger.entry").await;
+    // One batch: its items are stored in their order (each publishes after the one
+    // before it), so that order is the publish order.
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"id": id, "type": "ledger.entry", "data": {}}))
+        .collect();
+    let (status, body) = app.post_batch(json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     let got = receive_all(&receiver, &ids, Duration::from_secs(60)).await;
     let mut delivered = Vec::new();
