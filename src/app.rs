@@ -89,6 +89,7 @@ impl App {
             }
         };
         let broker = Broker::connect(&url, &cfg).await?;
+        let url = Broker::redacted_url(&url);
         info!(%url, ?role, "NATS ready: streams and buckets in place");
 
         let ssrf = Arc::new(SsrfPolicy::from_config(&cfg.security));
