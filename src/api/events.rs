@@ -112,9 +112,13 @@ pub struct BatchItem {
     pub error: Option<serde_json::Value>,
 }
 
-/// Ingest up to `events.max_batch` events; each item is accepted or refused on its own.
+/// Ingest up to `events.max_batch` events; each item is accepted or refused on its own,
+/// except that the whole batch answers 503 when NATS stored none of it.
 #[utoipa::path(post, path = "/v1/events/batch", request_body = BatchRequest,
-    responses((status = 200, description = "One result per item, in order", body = Vec<BatchItem>)))]
+    responses(
+        (status = 200, description = "One result per item, in order", body = Vec<BatchItem>),
+        (status = 503, description = "NATS down or stream full and no item stored; see Retry-After"),
+    ))]
 pub async fn post_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -131,7 +135,7 @@ pub async fn post_batch(
     // Each item publishes after the one before it: the batch is stored in its order (an
     // ordered destination then gets it in that order), while checks and acks overlap.
     let turns = Turn::chain(batch.events.len());
-    let results: Vec<BatchItem> =
+    let outcomes: Vec<Result<Accepted, ApiError>> =
         futures::stream::iter(batch.events.into_iter().zip(turns).enumerate())
             .map(|(i, (raw, turn))| {
                 let state = state.clone();
@@ -139,41 +143,64 @@ pub async fn post_batch(
                 // A batch-level key makes each item's key `<key>/<index>`.
                 let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
                 async move {
-                    let outcome = async {
-                        let event: NewEvent = parse(raw.get().as_bytes())?;
-                        Ok::<_, ApiError>(
-                            state
-                                .ingestor
-                                .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
-                                .await?,
-                        )
-                    }
-                    .await;
-                    match outcome {
-                        Ok(a) => BatchItem {
-                            status: if a.duplicate { 200 } else { 202 },
-                            id: Some(a.id),
-                            duplicate: Some(a.duplicate),
-                            error: None,
-                        },
-                        Err(e) => BatchItem {
-                            status: e.status().as_u16(),
-                            id: None,
-                            duplicate: None,
-                            error: Some(e.body()["error"].clone()),
-                        },
-                    }
+                    let event: NewEvent = parse(raw.get().as_bytes())?;
+                    Ok(state
+                        .ingestor
+                        .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
+                        .await?)
                 }
             })
             // Many publishes in flight at once; results keep the request's order.
             .buffered(128)
             .collect()
             .await;
+    let outcomes = refuse_whole_batch_if_nothing_stored(outcomes)?;
+    let results: Vec<BatchItem> = outcomes.into_iter().map(batch_item).collect();
     Ok((
         StatusCode::OK,
         axum::Json(serde_json::json!({ "results": results })),
     )
         .into_response())
+}
+
+/// When NATS is down or the stream full and no item was stored, the batch as a whole
+/// answers that 503 (with `Retry-After`): a client retries it whole, as it would a single
+/// event, instead of finding a 200 whose every item failed.
+fn refuse_whole_batch_if_nothing_stored(
+    mut outcomes: Vec<Result<Accepted, ApiError>>,
+) -> Result<Vec<Result<Accepted, ApiError>>, ApiError> {
+    if outcomes.iter().any(Result::is_ok) {
+        return Ok(outcomes);
+    }
+    let broker_refused = outcomes.iter().position(|o| {
+        matches!(
+            o,
+            Err(ApiError::Unavailable(_)) | Err(ApiError::StreamFull(_))
+        )
+    });
+    match broker_refused {
+        Some(i) => Err(outcomes
+            .swap_remove(i)
+            .expect_err("position matched an Err")),
+        None => Ok(outcomes),
+    }
+}
+
+fn batch_item(outcome: Result<Accepted, ApiError>) -> BatchItem {
+    match outcome {
+        Ok(a) => BatchItem {
+            status: if a.duplicate { 200 } else { 202 },
+            id: Some(a.id),
+            duplicate: Some(a.duplicate),
+            error: None,
+        },
+        Err(e) => BatchItem {
+            status: e.status().as_u16(),
+            id: None,
+            duplicate: None,
+            error: Some(e.body()["error"].clone()),
+        },
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

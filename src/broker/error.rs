@@ -2,6 +2,7 @@
 //! kind of failure it was. They are classified here, once.
 
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerErrorKind {
@@ -76,6 +77,14 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> BrokerErrorKind {
                 _ if js.code() == 503 => BrokerErrorKind::Unavailable,
                 _ => BrokerErrorKind::Other,
             };
+        }
+        if let Some(publish) = e.downcast_ref::<PublishError>() {
+            // A publish nobody answered: every subject hookstream publishes to belongs to a
+            // stream it created at start, so this is a stream without a leader for the
+            // moment (a cluster node just died), not a missing stream. Retry later.
+            if publish.kind() == PublishErrorKind::StreamNotFound {
+                return BrokerErrorKind::Unavailable;
+            }
         }
         current = e.source();
     }

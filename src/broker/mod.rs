@@ -46,6 +46,9 @@ impl Broker {
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(cfg.request_timeout()))
             .max_reconnects(None)
+            // Replies (PubAcks, KV reads) arrive under the service's own prefix, which
+            // producers sharing the account cannot subscribe to (docs/adr/0004).
+            .custom_inbox_prefix(&cfg.nats.inbox_prefix)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Disconnected => warn!("disconnected from NATS"),
@@ -59,6 +62,8 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::new("reading NATS credentials", e))?;
         }
+        // Credentials in the URL go to the client as options, so that the URL (logged by
+        // the client) carries none.
         let (url, in_url) = credentials::split(url);
         options = match in_url {
             Some(credentials::UrlCredentials::UserPassword(user, password)) => {
@@ -67,7 +72,13 @@ impl Broker {
             Some(credentials::UrlCredentials::Token(token)) => options.token(token),
             None => options,
         };
-        let client = options.connect(url.as_str()).await.map_err(|e| {
+        if let (Some(user), Some(password)) = (&cfg.nats.user, &cfg.nats.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_string());
+        }
+        // A comma-separated list names several servers of a cluster: the first start
+        // then works while any one of them is up.
+        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+        let client = options.connect(servers).await.map_err(|e| {
             BrokerError::with_kind(BrokerErrorKind::Unavailable, "connecting to NATS", e)
         })?;
         let js = jetstream::ContextBuilder::new()
@@ -114,6 +125,21 @@ impl Broker {
         })
     }
 
+    /// The URL without a password, for logs: `nats://user:pass@host` → `nats://user:***@host`.
+    pub fn redacted_url(url: &str) -> String {
+        url.split(',')
+            .map(|one| match (one.find("://"), one.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let userinfo = &one[scheme + 3..at];
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
+                }
+                _ => one.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
@@ -139,5 +165,22 @@ impl Broker {
 
     pub fn puller(&self, timeout: Duration) -> pull::Puller {
         pull::Puller::new(self.js.clone(), names::EVENTS_STREAM, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Broker;
+
+    #[test]
+    fn redacted_url_hides_passwords_only() {
+        assert_eq!(
+            Broker::redacted_url("nats://hookstream:s3cret@nats-1:4222,nats://u:p@nats-2:4222"),
+            "nats://hookstream:***@nats-1:4222,nats://u:***@nats-2:4222"
+        );
+        assert_eq!(
+            Broker::redacted_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
     }
 }

@@ -49,9 +49,29 @@ pub struct Config {
 pub struct NatsConfig {
     pub url: Option<String>,
     pub credentials_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<Password>,
+    pub inbox_prefix: String,
     pub replicas: usize,
     pub request_timeout_ms: u64,
     pub embedded: EmbeddedConfig,
+}
+
+/// The NATS password: `Debug` prints `[redacted]`, so logging the config never leaks it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,12 +289,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let prefix_ok = !self.subject_prefix.is_empty()
-            && self
-                .subject_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !prefix_ok {
+        if !is_subject_token(&self.subject_prefix) {
             return Err(invalid(
                 "subject_prefix",
                 "must be one subject token of [A-Za-z0-9_-]",
@@ -316,8 +331,29 @@ impl Config {
                 ));
             }
         }
-        if !matches!(self.nats.replicas, 1..=5) {
-            return Err(invalid("nats.replicas", "must be 1 to 5"));
+        if !matches!(self.nats.replicas, 1 | 3 | 5) {
+            return Err(invalid(
+                "nats.replicas",
+                "must be 1, 3 or 5: an even count tolerates no more lost servers than the odd count below it",
+            ));
+        }
+        if self.nats.password.is_some() != self.nats.user.is_some() {
+            return Err(invalid(
+                "nats.password",
+                "nats.user and nats.password go together",
+            ));
+        }
+        if self.nats.user.is_some() && self.nats.credentials_file.is_some() {
+            return Err(invalid(
+                "nats.credentials_file",
+                "use either a credentials file or nats.user and nats.password",
+            ));
+        }
+        if !is_subject_token(&self.nats.inbox_prefix) {
+            return Err(invalid(
+                "nats.inbox_prefix",
+                "must be one subject token of [A-Za-z0-9_-]",
+            ));
         }
         if self.events.max_consumers <= 0 {
             return Err(invalid(
@@ -391,6 +427,13 @@ impl Config {
     }
 }
 
+fn is_subject_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,5 +482,44 @@ mod tests {
                 .to_string()
                 .contains("api.listen")
         );
+    }
+
+    #[test]
+    fn replicas_must_be_an_odd_count_up_to_five() {
+        for ok in [1, 3, 5] {
+            let mut cfg = Config::defaults();
+            cfg.nats.replicas = ok;
+            cfg.validate().unwrap();
+        }
+        for bad in [0, 2, 4, 6] {
+            let mut cfg = Config::defaults();
+            cfg.nats.replicas = bad;
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("nats.replicas"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn nats_user_and_password_come_from_env_and_the_password_is_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOOKSTREAM_NATS__USER", "hookstream");
+            jail.set_env("HOOKSTREAM_NATS__PASSWORD", "hunter2-secret");
+            jail.set_env("HOOKSTREAM_NATS__REPLICAS", "3");
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg.nats.user.as_deref(), Some("hookstream"));
+            assert_eq!(
+                cfg.nats.password.as_ref().map(Password::expose),
+                Some("hunter2-secret")
+            );
+            assert_eq!(cfg.nats.replicas, 3);
+            assert!(!format!("{cfg:?}").contains("hunter2"));
+
+            jail.clear_env();
+            jail.set_env("HOOKSTREAM_NATS__PASSWORD", "alone");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("nats.password"), "{err}");
+            Ok(())
+        });
     }
 }

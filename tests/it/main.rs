@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod delivery;
 mod destinations;

@@ -1,6 +1,8 @@
-//! Fixtures shared by the integration tests: a real nats-server per test ([`nats`]), the
-//! app in-process ([`app`]) or as the real binary ([`process`]), a recording HTTP
-//! receiver ([`receiver`]), an OTLP trace receiver ([`otlp`]) and checks done with independent Python libraries ([`verify`]).
+//! Fixtures shared by the integration tests: a real nats-server per test ([`nats`]) or a
+//! 3-node cluster ([`cluster`]), the app in-process ([`app`]) or as the real binary
+//! ([`process`]), a recording HTTP receiver ([`receiver`]) with per-id counts ([`seen`]),
+//! steady HTTP load ([`load`]), an OTLP trace receiver ([`otlp`]) and checks done with
+//! independent Python libraries ([`verify`]).
 //!
 //! Every fixture binds 127.0.0.1 on a free port and cleans up on drop, so tests run in
 //! parallel without sharing anything. `TEST_LOG=1` shows the logs of everything started.
@@ -10,11 +12,14 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod app;
+pub mod cluster;
+pub mod load;
 pub mod nats;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod receiver;
+pub mod seen;
 pub mod verify;
 
 use std::net::{Ipv4Addr, TcpListener};
