@@ -125,21 +125,6 @@ impl Broker {
         })
     }
 
-    /// The URL without a password, for logs: `nats://user:pass@host` → `nats://user:***@host`.
-    pub fn redacted_url(url: &str) -> String {
-        url.split(',')
-            .map(|one| match (one.find("://"), one.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    let userinfo = &one[scheme + 3..at];
-                    let user = userinfo.split(':').next().unwrap_or_default();
-                    format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
-                }
-                _ => one.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
@@ -165,22 +150,5 @@ impl Broker {
 
     pub fn puller(&self, timeout: Duration) -> pull::Puller {
         pull::Puller::new(self.js.clone(), names::EVENTS_STREAM, timeout)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Broker;
-
-    #[test]
-    fn redacted_url_hides_passwords_only() {
-        assert_eq!(
-            Broker::redacted_url("nats://hookstream:s3cret@nats-1:4222,nats://u:p@nats-2:4222"),
-            "nats://hookstream:***@nats-1:4222,nats://u:***@nats-2:4222"
-        );
-        assert_eq!(
-            Broker::redacted_url("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
     }
 }

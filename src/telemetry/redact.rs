@@ -2,8 +2,15 @@
 
 /// `scheme://host[:port]/path`: no user, password, query or fragment. For webhook URLs
 /// (receivers put tokens in queries; GET destinations put event data there) and NATS
-/// URLs (`nats://user:password@host`).
+/// URLs (`nats://user:password@host`, several separated by commas).
 pub fn url(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|one| self::url(one.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match url::Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_username("");
@@ -27,6 +34,10 @@ mod tests {
         assert_eq!(
             super::url("nats://svc:n4ts-pass@10.0.0.1:4222"),
             "nats://10.0.0.1:4222"
+        );
+        assert_eq!(
+            super::url("nats://svc:s3cret@nats-1:4222,nats://u:p@nats-2:4222"),
+            "nats://nats-1:4222,nats://nats-2:4222"
         );
         assert_eq!(super::url("not a url"), "[unparsable URL]");
     }
