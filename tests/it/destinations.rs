@@ -214,6 +214,19 @@ async fn deleted_destination_gets_nothing_more_and_is_gone() {
     assert_quiet(doomed.recv_timeout(QUIET).await, "deleted destination");
 }
 
+/// Pull requests the app has sent, from its `/metrics`.
+async fn pulls(app: &crate::common::TestApp) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", app.base_url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    crate::common::prometheus::Scrape::parse(&text)
+        .expect("/metrics parses")
+        .value("hookstream_pulls_total", &[])
+}
+
 #[tokio::test]
 async fn paused_destination_holds_its_events_until_resumed() {
     let app = spawn_app().await;
@@ -231,11 +244,19 @@ async fn paused_destination_holds_its_events_until_resumed() {
     assert_eq!(view["paused"], true);
     assert_no_secret(&view, "pause answer");
 
+    let pulls_before = pulls(&app).await;
     let mut sent = BTreeSet::new();
     for n in 0..5 {
         sent.insert(send(&app, json!({"type": "held", "data": {"n": n}})).await);
     }
     assert_quiet(receiver.recv_timeout(QUIET).await, "while paused");
+    // Woken by each event's signal and by sweeps (every 500 ms here), a paused
+    // destination still costs no pull request.
+    assert_eq!(
+        pulls(&app).await,
+        pulls_before,
+        "pull requests while paused"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (_, stats) = app.get("/v1/stats").await;
@@ -266,6 +287,7 @@ async fn paused_destination_holds_its_events_until_resumed() {
         .map(|r| r.header("webhook-id").unwrap().to_string())
         .collect();
     assert_eq!(got, sent, "every held event, once");
+    assert!(pulls(&app).await > pulls_before, "resume drains by pulling");
     assert_quiet(receiver.recv_timeout(QUIET).await, "after resume");
 }
 
