@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::common::steps::send;
 use crate::common::{Receiver, Request, TestApp, spawn_app, verify_with_python};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,12 +26,6 @@ async fn create(app: &TestApp, destination: Value) -> (String, String) {
         body["id"].as_str().expect("id").to_string(),
         body["secret"].as_str().expect("secret").to_string(),
     )
-}
-
-async fn send(app: &TestApp, event: Value) -> String {
-    let (status, body) = app.post_event(event).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "post event: {body}");
-    body["id"].as_str().expect("id").to_string()
 }
 
 async fn next_request(receiver: &Receiver, what: &str) -> Request {

@@ -10,22 +10,11 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::common::steps::{create, send};
 use crate::common::{Receiver, Request, TestApp, spawn_app};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(600);
-
-async fn create(app: &TestApp, destination: Value) -> String {
-    let (status, body) = app.create_destination(destination).await;
-    assert_eq!(status, StatusCode::CREATED, "create destination: {body}");
-    body["id"].as_str().expect("id").to_string()
-}
-
-async fn send(app: &TestApp, event: Value) -> String {
-    let (status, body) = app.post_event(event).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "post event: {body}");
-    body["id"].as_str().expect("id").to_string()
-}
 
 #[track_caller]
 fn assert_quiet(request: Option<Request>, what: &str) {

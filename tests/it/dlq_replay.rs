@@ -18,6 +18,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use crate::common::app::send;
+use crate::common::steps::create;
 use crate::common::{NatsServer, Receiver, Request, ServiceProcess, TestApp, spawn_app};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -26,12 +27,6 @@ const QUIET: Duration = Duration::from_millis(700);
 /// Two attempts 50 ms apart, then the dead-letter queue.
 fn dies_fast() -> Value {
     json!({"schedule_ms": [50], "max_attempts": 2})
-}
-
-async fn create(app: &TestApp, destination: Value) -> String {
-    let (status, body) = app.create_destination(destination).await;
-    assert_eq!(status, StatusCode::CREATED, "create destination: {body}");
-    body["id"].as_str().expect("id").to_string()
 }
 
 /// Posts the events as one batch (with an optional traceparent); all must be accepted.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::common::steps::{create, send};
 use crate::common::{Receiver, Request, TestApp, spawn_app, spawn_app_with};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -14,18 +15,6 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const EARLY: Duration = Duration::from_millis(50);
 /// … and late: the retry is a NAK delay plus a local timer, on a loaded test machine.
 const LATE: Duration = Duration::from_millis(1500);
-
-async fn create(app: &TestApp, destination: Value) -> String {
-    let (status, body) = app.create_destination(destination).await;
-    assert_eq!(status, StatusCode::CREATED, "create destination: {body}");
-    body["id"].as_str().expect("id").to_string()
-}
-
-async fn send(app: &TestApp, event: Value) -> String {
-    let (status, body) = app.post_event(event).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "post event: {body}");
-    body["id"].as_str().expect("id").to_string()
-}
 
 /// Exactly `n` requests within the timeout, then none for a short while.
 async fn exactly(receiver: &Receiver, n: usize, timeout: Duration) -> Vec<Request> {

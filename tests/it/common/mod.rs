@@ -20,6 +20,7 @@ pub mod process;
 pub mod prometheus;
 pub mod receiver;
 pub mod seen;
+pub mod steps;
 pub mod verify;
 
 use std::net::{Ipv4Addr, TcpListener};
