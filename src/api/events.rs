@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::json::{ApiJson, parse};
 use crate::error::ApiError;
+use crate::flow::circuit::Gate;
 use crate::history;
 use crate::ingest::{Accepted, TraceContext, Turn};
 use crate::model::{AttemptRecord, DeliveryStatus, EventId, NewEvent};
@@ -254,9 +255,19 @@ pub async fn get_event(
         .into_iter()
         .map(|(destination_id, records)| {
             let last = records.last().cloned();
+            let status = match DeliveryStatus::from_last_attempt(last.as_ref()) {
+                // Waiting for its next attempt behind an open circuit: held back, and the
+                // wait uses up no attempt (contract: `throttled`).
+                DeliveryStatus::Retrying
+                    if state.flow.circuits.gate(&destination_id) != Gate::Closed =>
+                {
+                    DeliveryStatus::Throttled
+                }
+                other => other,
+            };
             DestinationDelivery {
+                status,
                 destination_id,
-                status: DeliveryStatus::from_last_attempt(last.as_ref()),
                 attempts: last.as_ref().map_or(0, |a| a.attempt),
                 last_attempt: last,
             }

@@ -177,6 +177,9 @@ async fn an_open_circuit_sends_nothing_for_the_cool_down_probes_then_delivers_al
     );
     let (_, stats) = a.get("/v1/stats").await;
     assert_eq!(stats["data"][0]["circuit"]["state"], "open", "{stats}");
+    // The event that tripped it waits behind the open circuit.
+    let (_, held) = a.get(&format!("/v1/events/{}", ids[0])).await;
+    assert_eq!(held["deliveries"][0]["status"], "throttled", "{held}");
     assert_eq!(
         metric_sum(&a, "hookstream_circuit_state").await,
         2.0,
