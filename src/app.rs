@@ -81,6 +81,12 @@ impl App {
     }
 
     pub async fn build_with_role(cfg: Config, role: Role) -> Result<Self, AppError> {
+        // Boxed: building sets up everything NATS holds, a future too large to keep on a
+        // caller's stack (a test thread's, in debug builds).
+        Box::pin(Self::build_boxed(cfg, role)).await
+    }
+
+    async fn build_boxed(cfg: Config, role: Role) -> Result<Self, AppError> {
         let cfg = Arc::new(cfg);
         let (url, embedded) = match &cfg.nats.url {
             Some(url) => (url.clone(), None),
@@ -89,8 +95,7 @@ impl App {
                 (server.url().to_string(), Some(server))
             }
         };
-        // Boxed: the setup future is large, and callers keep theirs on the stack.
-        let broker = Box::pin(Broker::connect(&url, &cfg)).await?;
+        let broker = Broker::connect(&url, &cfg).await?;
         // A NATS URL may carry user and password.
         let shown = telemetry::redact::url(&url);
         info!(url = %shown, ?role, "NATS ready: streams and buckets in place");

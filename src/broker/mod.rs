@@ -19,6 +19,9 @@ use tracing::{info, warn};
 pub use error::{BrokerError, BrokerErrorKind};
 pub use names::Subjects;
 
+/// How long start-up retries stream and bucket setup while JetStream is unavailable.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
 use crate::config::Config;
 
 /// The connection and every stream and bucket handle, made once at start.
@@ -86,30 +89,22 @@ impl Broker {
             .build(client.clone());
         let subjects = Subjects::new(&cfg.subject_prefix);
 
-        // Boxed: eight setup futures inline would make this one too large for a thread's
-        // stack in debug builds.
-        let events = Box::pin(setup::ensure_stream(
-            &js,
-            setup::events_stream(cfg, &subjects),
-        ))
-        .await?;
-        let dlq = Box::pin(setup::ensure_stream(&js, setup::dlq_stream(cfg, &subjects))).await?;
-        let attempts = Box::pin(setup::ensure_stream(
-            &js,
-            setup::attempts_stream(cfg, &subjects),
-        ))
-        .await?;
-        let stats = Box::pin(setup::ensure_stream(
-            &js,
-            setup::stats_stream(cfg, &subjects),
-        ))
-        .await?;
-        let destinations =
-            Box::pin(setup::ensure_bucket(&js, setup::destinations_bucket(cfg))).await?;
-        let idempotency =
-            Box::pin(setup::ensure_bucket(&js, setup::idempotency_bucket(cfg))).await?;
-        let ratelimit = Box::pin(setup::ensure_bucket(&js, setup::ratelimit_bucket(cfg))).await?;
-        let circuits = Box::pin(setup::ensure_bucket(&js, setup::circuit_bucket(cfg))).await?;
+        // A server (or cluster) just started may not have a JetStream leader yet; retry
+        // setup for a while instead of failing the start.
+        let mut waited = Duration::ZERO;
+        let handles = loop {
+            match Box::pin(Self::set_up(&js, cfg, &subjects)).await {
+                Ok(handles) => break handles,
+                Err(e) if e.kind == BrokerErrorKind::Unavailable && waited < SETUP_PATIENCE => {
+                    warn!(error = %e, "streams and buckets not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    waited += Duration::from_secs(1);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let (events, dlq, attempts, stats, destinations, idempotency, ratelimit, circuits) =
+            handles;
         Ok(Self {
             client,
             js,
@@ -123,6 +118,62 @@ impl Broker {
             ratelimit,
             circuits,
         })
+    }
+
+    /// Creates or updates every stream and bucket, in the order of the `Broker` fields.
+    #[allow(clippy::type_complexity)]
+    async fn set_up(
+        js: &jetstream::Context,
+        cfg: &Config,
+        subjects: &Subjects,
+    ) -> Result<
+        (
+            Stream,
+            Stream,
+            Stream,
+            Stream,
+            kv::Store,
+            kv::Store,
+            kv::Store,
+            kv::Store,
+        ),
+        BrokerError,
+    > {
+        let js = js.clone();
+        // Boxed: eight setup futures inline would make this one too large for a thread's
+        // stack in debug builds.
+        let events = Box::pin(setup::ensure_stream(
+            &js,
+            setup::events_stream(cfg, subjects),
+        ))
+        .await?;
+        let dlq = Box::pin(setup::ensure_stream(&js, setup::dlq_stream(cfg, subjects))).await?;
+        let attempts = Box::pin(setup::ensure_stream(
+            &js,
+            setup::attempts_stream(cfg, subjects),
+        ))
+        .await?;
+        let stats = Box::pin(setup::ensure_stream(
+            &js,
+            setup::stats_stream(cfg, subjects),
+        ))
+        .await?;
+        let destinations =
+            Box::pin(setup::ensure_bucket(&js, setup::destinations_bucket(cfg))).await?;
+        let idempotency =
+            Box::pin(setup::ensure_bucket(&js, setup::idempotency_bucket(cfg))).await?;
+        let ratelimit = Box::pin(setup::ensure_bucket(&js, setup::ratelimit_bucket(cfg))).await?;
+        let circuits = Box::pin(setup::ensure_bucket(&js, setup::circuit_bucket(cfg))).await?;
+        Ok((
+            events,
+            dlq,
+            attempts,
+            stats,
+            destinations,
+            idempotency,
+            ratelimit,
+            circuits,
+        ))
     }
 
     pub fn is_connected(&self) -> bool {
