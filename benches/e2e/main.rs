@@ -5,12 +5,18 @@
 //! Prints a table and writes `target/bench-results.json`. `BENCH_SCALE=2` doubles the
 //! event counts; `BENCH_ONLY=name,name` runs a subset.
 
+mod broker;
 mod harness;
 mod scenarios;
 
 use std::time::Instant;
 
 use serde_json::{Value, json};
+
+// The same allocator as the service, so the reference client and the receiver are not
+// slowed by glibc's malloc where hookstream is not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
@@ -39,6 +45,8 @@ async fn main() {
     let n = |base: usize| ((base as f64) * scale).max(1.0) as usize;
     run!("raw_http", scenarios::raw_http(n(40_000)));
     run!("raw_jetstream", scenarios::raw_jetstream(n(100_000)));
+    run!("raw_fanout_1000_1f", broker::raw_fanout(1000, n(20_000), 1));
+    run!("raw_fanout_1000_2f", broker::raw_fanout(1000, n(20_000), 2));
     run!("ingest", scenarios::ingest(n(20_000)));
     for mode in ["on_demand", "per_destination"] {
         run!(

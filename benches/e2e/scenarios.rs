@@ -75,7 +75,11 @@ fn envelope(i: usize, event_type: &str) -> Vec<u8> {
 /// Publishes `total` events straight to JetStream, event `i` for destination `i % dests`.
 async fn preload(nats_url: &str, total: usize, dests: usize) {
     let client = async_nats::connect(nats_url).await.expect("connect");
-    let js = jetstream::new(client);
+    preload_stream(&jetstream::new(client), total, dests).await;
+}
+
+/// The same, on an existing connection.
+pub async fn preload_stream(js: &jetstream::Context, total: usize, dests: usize) {
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..total {
         let event_type = format!("bench.d{}", i % dests);

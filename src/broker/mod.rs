@@ -199,7 +199,17 @@ impl Broker {
             .map_err(|e| BrokerError::new("checking readiness", e))
     }
 
-    pub fn puller(&self, timeout: Duration) -> pull::Puller {
-        pull::Puller::new(self.js.clone(), names::EVENTS_STREAM, timeout)
+    /// One subscription for the answers of every pull this worker sends (`pull.rs`).
+    pub async fn pull_mux(
+        &self,
+        token: tokio_util::sync::CancellationToken,
+    ) -> Result<
+        (
+            pull::PullMux,
+            tokio::sync::mpsc::UnboundedReceiver<pull::Orphan>,
+        ),
+        BrokerError,
+    > {
+        pull::PullMux::start(self.js.clone(), names::EVENTS_STREAM, token).await
     }
 }

@@ -1,175 +1,239 @@
-//! One no-wait pull from a consumer, without a consumer handle.
+//! No-wait pulls from destination consumers, all answered on one subscription.
 //!
-//! async-nats's `Consumer` handle needs a consumer-info request to build and keeps a copy
-//! of the info; with thousands of destinations pulled on demand that is a round trip and
-//! a kilobyte each for nothing. A pull is just a request to
-//! `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` answered by messages and a status.
+//! A pull is a request to `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`; nats-server
+//! answers it with messages and, unless it sent the whole batch, a status. Each worker
+//! subscribes once to `<inbox>.>` and sends every pull with the reply subject
+//! `<inbox>.<consumer>.<request>`, so that:
+//! - a pull costs no subscribe and unsubscribe on the server;
+//! - an answer is never sent to an inbox nobody reads. A pull asking for more than the
+//!   consumer's free ack-pending slots is kept by the server and served as slots free up,
+//!   maybe seconds later; its messages still reach this subscription, go to the drain of
+//!   their consumer if it is still running, and otherwise to the orphan channel, whose
+//!   reader delivers them like any other. (The earlier design, one inbox per pull, had to
+//!   give up on such answers and stranded their messages until the ack wait.)
+//!
+//! Messages keep their stream subject; the consumer they belong to is read from their ack
+//! subject. Status answers come on the reply subject itself.
+//!
+//! async-nats's `Consumer` handle is not used: it needs a consumer-info round trip to build
+//! and keeps a copy of the info, a kilobyte per destination for nothing.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, Message};
-use async_nats::{Client, StatusCode};
+use async_nats::{Client, StatusCode, Subscriber};
 use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
 
 use super::error::{BrokerError, BrokerErrorKind};
 
-/// How long a pull waits for its first message (a 404 answers an empty consumer at once;
-/// silence means its ack-pending slots are full).
-const FIRST_MESSAGE_WAIT: Duration = Duration::from_millis(250);
-/// After a message, how long a quiet gap ends the pull (a partly served pull sends no end).
-const NEXT_MESSAGE_GAP: Duration = Duration::from_millis(25);
-
-pub struct Puller {
-    client: Client,
-    context: jetstream::Context,
-    stream: String,
-    timeout: Duration,
+/// What the server sent for a consumer's pulls.
+pub enum Reply {
+    Message(Box<Message>),
+    /// Request `request` is over without (all of) its messages: 404 nothing ready, 408
+    /// other requests pending, 409 limits.
+    End {
+        request: u64,
+        status: StatusCode,
+    },
+    /// The consumer was deleted.
+    Gone,
 }
 
-impl Puller {
-    pub fn new(context: jetstream::Context, stream: &str, timeout: Duration) -> Self {
-        Self {
-            client: context.client(),
-            context,
+/// A message whose consumer has no drain open here any more: (consumer, message).
+pub type Orphan = (String, Box<Message>);
+
+#[derive(Clone)]
+pub struct PullMux {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    stream: String,
+    /// `<inbox prefix>.<unique>`: the subscription is on `<base>.>`.
+    base: String,
+    next_request: AtomicU64,
+    routes: Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>,
+    orphans: mpsc::UnboundedSender<Orphan>,
+}
+
+impl PullMux {
+    /// Subscribes and starts routing answers until `token` is cancelled. Messages for
+    /// consumers with no open [`Route`] come out of the returned receiver.
+    pub async fn start(
+        context: jetstream::Context,
+        stream: &str,
+        token: CancellationToken,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Orphan>), BrokerError> {
+        let client = context.client();
+        let base = client.new_inbox();
+        let subscription = client
+            .subscribe(format!("{base}.>"))
+            .await
+            .map_err(|e| BrokerError::new("subscribing for pull answers", e))?;
+        let (orphans, orphan_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            client,
             stream: stream.to_string(),
-            timeout,
+            base,
+            next_request: AtomicU64::new(1),
+            routes: Mutex::new(HashMap::new()),
+            orphans,
+        });
+        tokio::spawn(route_answers(inner.clone(), context, subscription, token));
+        Ok((Self { inner }, orphan_rx))
+    }
+
+    /// Opens the answer channel of `consumer` (one per consumer at a time: the drain).
+    pub fn open(&self, consumer: &str) -> Route {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.lock_routes().insert(consumer.to_string(), tx);
+        Route {
+            inner: self.inner.clone(),
+            consumer: consumer.to_string(),
+            rx,
         }
     }
+}
 
-    fn client_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+impl Inner {
+    fn lock_routes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Reply>>> {
+        self.routes
+            .lock()
+            .expect("pull routes lock is never poisoned")
     }
 
-    /// Up to `batch` messages that are ready now; an empty answer when there are none.
-    ///
-    /// A plain no-wait pull: nats-server answers it at once with the messages it can find.
-    /// (Measured: with an `expires`, the server serves the request as a waiting one and,
-    /// across 1,000 filtered consumers, hands out 1–2 messages per pull instead of the
-    /// batch.) Two answers do not end, though: a pull asking for more than the consumer's
-    /// free ack-pending slots gets the ones that fit and no end status, and one at full
-    /// slots gets nothing; the server keeps such a request and serves it as slots free up.
-    /// So this returns what came promptly, and `late` receives whatever the server sends
-    /// for the same request afterwards, until the request is complete, ended, or
-    /// `request_timeout` has passed: no message is sent to an inbox nobody reads.
-    pub async fn fetch(
-        &self,
-        consumer: &str,
-        batch: usize,
-        late: impl Fn(Message) + Send + 'static,
-    ) -> Result<Vec<Message>, BrokerError> {
-        let inbox = self.client.new_inbox();
-        let mut sub = self
+    fn orphan(&self, consumer: String, message: Box<Message>) {
+        // The receiver lives as long as the worker; after that, redelivery takes over.
+        let _ = self.orphans.send((consumer, message));
+    }
+}
+
+/// The answers of one consumer's pulls, while its drain runs.
+pub struct Route {
+    inner: Arc<Inner>,
+    consumer: String,
+    rx: mpsc::UnboundedReceiver<Reply>,
+}
+
+impl Route {
+    /// Asks for up to `batch` messages ready now; answers the request's number. What comes
+    /// back arrives through [`Route::recv`].
+    pub async fn request(&self, batch: usize) -> Result<u64, BrokerError> {
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(BrokerError::with_kind(
+                BrokerErrorKind::Unavailable,
+                "pulling messages",
+                "not connected to NATS",
+            ));
+        }
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let body = format!(r#"{{"batch":{batch},"no_wait":true}}"#);
+        self.inner
             .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| BrokerError::new("subscribing for a pull", e))?;
-        let request = serde_json::json!({ "batch": batch, "no_wait": true });
-        self.client
             .publish_with_reply(
-                format!("$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}", self.stream),
-                inbox,
-                request.to_string().into(),
+                format!(
+                    "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                    self.inner.stream, self.consumer
+                ),
+                format!("{}.{}.{request}", self.inner.base, self.consumer),
+                body.into(),
             )
             .await
             .map_err(|e| BrokerError::new("sending a pull request", e))?;
-
-        let mut out = Vec::with_capacity(batch.min(64));
-        let hard_deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            if out.len() >= batch {
-                return Ok(out);
-            }
-            let wait = if out.is_empty() {
-                FIRST_MESSAGE_WAIT
-            } else {
-                NEXT_MESSAGE_GAP
-            };
-            let deadline = (tokio::time::Instant::now() + wait).min(hard_deadline);
-            match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(msg)) => match self.classify(msg)? {
-                    Answer::Message(m) => out.push(m),
-                    Answer::Heartbeat => {}
-                    Answer::End => return Ok(out),
-                },
-                Ok(None) => return Ok(out),
-                Err(_) if !self.client_connected() => {
-                    return Err(BrokerError::with_kind(
-                        BrokerErrorKind::Unavailable,
-                        "pulling messages",
-                        "not connected to NATS",
-                    ));
-                }
-                Err(_) => break,
-            }
-        }
-        // The request is still open on the server: keep its inbox read by a tail task.
-        let remaining = batch - out.len();
-        let this = self.clone_handle();
-        tokio::spawn(async move {
-            let mut received = 0;
-            while received < remaining {
-                match tokio::time::timeout_at(hard_deadline, sub.next()).await {
-                    Ok(Some(msg)) => match this.classify(msg) {
-                        Ok(Answer::Message(m)) => {
-                            received += 1;
-                            late(m);
-                        }
-                        Ok(Answer::Heartbeat) => {}
-                        Ok(Answer::End) | Err(_) => return,
-                    },
-                    Ok(None) | Err(_) => return,
-                }
-            }
-        });
-        Ok(out)
+        Ok(request)
     }
 
-    fn clone_handle(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            context: self.context.clone(),
-            stream: self.stream.clone(),
-            timeout: self.timeout,
-        }
+    pub async fn recv(&mut self) -> Option<Reply> {
+        self.rx.recv().await
     }
+}
 
-    fn classify(&self, msg: async_nats::Message) -> Result<Answer, BrokerError> {
-        match msg.status {
-            None | Some(StatusCode::OK) => Ok(Answer::Message(Message {
-                message: msg,
-                context: self.context.clone(),
-            })),
-            Some(StatusCode::NO_RESPONDERS) => Err(BrokerError::with_kind(
-                BrokerErrorKind::Unavailable,
-                "pulling messages",
-                "JetStream did not answer (no responders)",
-            )),
-            Some(StatusCode::IDLE_HEARTBEAT) => Ok(Answer::Heartbeat),
-            // 404 no messages, 408 request expired, 409 consumer deleted or limits: over.
-            Some(status) => {
-                if status == StatusCode::REQUEST_TERMINATED
-                    && msg
-                        .description
-                        .as_deref()
-                        .is_some_and(|d| d.contains("Consumer Deleted"))
-                {
-                    return Err(BrokerError::with_kind(
-                        BrokerErrorKind::NotFound,
-                        "pulling messages",
-                        "consumer deleted",
-                    ));
-                }
-                Ok(Answer::End)
+impl Drop for Route {
+    /// Whatever arrived after the drain's last look is handed to the orphan channel, and
+    /// later answers go there directly: nothing pulled is left unread.
+    fn drop(&mut self) {
+        self.inner.lock_routes().remove(&self.consumer);
+        self.rx.close();
+        while let Ok(reply) = self.rx.try_recv() {
+            if let Reply::Message(m) = reply {
+                self.inner.orphan(self.consumer.clone(), m);
             }
         }
     }
 }
 
-// Lives only between reading an answer and acting on it; boxing the message would cost
-// an allocation per delivered message for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Answer {
-    Message(Message),
-    Heartbeat,
-    End,
+async fn route_answers(
+    inner: Arc<Inner>,
+    context: jetstream::Context,
+    mut subscription: Subscriber,
+    token: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = token.cancelled() => break,
+            msg = subscription.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let Some((consumer, reply)) = classify(&inner.base, &context, msg) else {
+            continue;
+        };
+        let routes = inner.lock_routes();
+        let undelivered = match routes.get(&consumer) {
+            Some(tx) => tx.send(reply).err().map(|e| e.0),
+            None => Some(reply),
+        };
+        drop(routes);
+        if let Some(Reply::Message(m)) = undelivered {
+            inner.orphan(consumer, m);
+        }
+    }
+    debug!("pull answer routing stopped");
+}
+
+/// The consumer an answer belongs to, and what it says; `None` for heartbeats and
+/// anything not ours.
+fn classify(
+    base: &str,
+    context: &jetstream::Context,
+    msg: async_nats::Message,
+) -> Option<(String, Reply)> {
+    match msg.status {
+        None | Some(StatusCode::OK) => {
+            let message = Message {
+                message: msg,
+                context: context.clone(),
+            };
+            let consumer = message.info().ok()?.consumer.to_string();
+            Some((consumer, Reply::Message(Box::new(message))))
+        }
+        Some(StatusCode::IDLE_HEARTBEAT) => None,
+        Some(status) => {
+            // `<base>.<consumer>.<request>`
+            let rest = msg.subject.as_str().strip_prefix(base)?.strip_prefix('.')?;
+            let (consumer, request) = rest.rsplit_once('.')?;
+            let request = request.parse().ok()?;
+            trace!(consumer, request, %status, description = ?msg.description, "pull ended");
+            let gone = status == StatusCode::REQUEST_TERMINATED
+                && msg
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("Consumer Deleted"));
+            let reply = if gone {
+                Reply::Gone
+            } else {
+                Reply::End { request, status }
+            };
+            Some((consumer.to_string(), reply))
+        }
+    }
 }

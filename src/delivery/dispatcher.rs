@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,11 @@ use tracing::{debug, warn};
 
 use super::attempt::{Deliverer, Handled};
 use super::registry::Registry;
-use crate::broker::pull::Puller;
-use crate::broker::{BrokerErrorKind, names};
+use async_nats::StatusCode;
+use async_nats::jetstream::Message;
+
+use crate::broker::names;
+use crate::broker::pull::{Orphan, PullMux, Reply, Route};
 use crate::flow::circuit::Gate;
 use crate::model::DestinationId;
 use crate::telemetry::metrics as m;
@@ -43,7 +46,9 @@ struct Slot {
 pub struct Dispatcher {
     active: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
     registry: Arc<Registry>,
-    puller: Puller,
+    mux: PullMux,
+    /// How long an unanswered pull is waited for.
+    request_timeout: Duration,
     deliverer: Arc<Deliverer>,
     /// Deliveries in flight in this worker, all destinations together.
     permits: Arc<Semaphore>,
@@ -54,9 +59,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         registry: Arc<Registry>,
-        puller: Puller,
+        (mux, orphans): (PullMux, mpsc::UnboundedReceiver<Orphan>),
+        request_timeout: Duration,
         deliverer: Arc<Deliverer>,
         max_in_flight_total: usize,
         pull_batch: usize,
@@ -67,7 +74,8 @@ impl Dispatcher {
         let dispatcher = Arc::new(Self {
             active: Mutex::new(HashMap::new()),
             registry,
-            puller,
+            mux,
+            request_timeout,
             deliverer,
             permits: Arc::new(Semaphore::new(max_in_flight_total)),
             pull_batch,
@@ -75,7 +83,12 @@ impl Dispatcher {
             tracker: tracker.clone(),
             token: token.clone(),
         });
-        tracker.spawn(run_timers(Arc::downgrade(&dispatcher), timer_rx, token));
+        tracker.spawn(run_timers(
+            Arc::downgrade(&dispatcher),
+            timer_rx,
+            token.clone(),
+        ));
+        tracker.spawn(deliver_orphans(Arc::downgrade(&dispatcher), orphans, token));
         dispatcher
     }
 
@@ -118,6 +131,12 @@ impl Dispatcher {
         let _ = self.timers.send((at, Arc::from(destination)));
     }
 
+    fn active_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
+        self.active
+            .lock()
+            .expect("dispatcher lock is never poisoned")
+    }
+
     /// Destinations being drained right now.
     pub fn active_count(&self) -> usize {
         self.active
@@ -128,16 +147,21 @@ impl Dispatcher {
 
     async fn drain(self: Arc<Self>, id: Arc<str>, slot: Arc<Slot>) {
         let mut in_flight: JoinSet<Handled> = JoinSet::new();
+        let Ok(dest_id) = DestinationId::parse(id.to_string()) else {
+            self.active_lock().remove(&id);
+            return;
+        };
+        let mut route = self.mux.open(&names::consumer_name(&dest_id));
+        let mut pulls = Pulls::default();
         loop {
             slot.dirty.store(false, Ordering::Release);
-            let drained = self.drain_once(&id, &slot, &mut in_flight).await;
+            self.drain_once(&id, &slot, &mut route, &mut pulls, &mut in_flight)
+                .await;
             // Leave only when nothing is in flight and no signal came in meanwhile; the
-            // check and the removal happen under the lock that `signal` takes.
-            if drained && in_flight.is_empty() {
-                let mut active = self
-                    .active
-                    .lock()
-                    .expect("dispatcher lock is never poisoned");
+            // check and the removal happen under the lock that `signal` takes. Answers
+            // still on their way go to the orphan channel once the route is dropped.
+            if in_flight.is_empty() {
+                let mut active = self.active_lock();
                 if !slot.dirty.load(Ordering::Acquire) || self.token.is_cancelled() {
                     active.remove(&id);
                     return;
@@ -146,30 +170,25 @@ impl Dispatcher {
         }
     }
 
-    /// Pulls and delivers until a pull comes back empty with nothing in flight. Returns
-    /// `true` when the destination looks drained.
+    /// Pulls and delivers until nothing is announced, no pull is open and nothing is in
+    /// flight (or the destination stops being deliverable).
     async fn drain_once(
         &self,
         id: &Arc<str>,
         slot: &Slot,
+        route: &mut Route,
+        pulls: &mut Pulls,
         in_flight: &mut JoinSet<Handled>,
-    ) -> bool {
-        let Ok(dest_id) = DestinationId::parse(id.to_string()) else {
-            return true;
-        };
-        let consumer = names::consumer_name(&dest_id);
-        // Messages known to be waiting: announced (signals, sweep backlog, retry timers)
-        // and, after each pull, the consumer's own count of what is left.
-        let mut owed = 0usize;
-        let mut retried_empty = false;
+    ) {
         loop {
             // Read the destination on every round: a change (URL, secret, pause) applies
             // from the next pull on, not only after the backlog is gone.
             let destination = match self.registry.get(id) {
                 Some(d) if d.is_active() && !self.token.is_cancelled() => d,
                 _ => {
+                    pulls.abandon();
                     self.finish(id, in_flight).await;
-                    return true;
+                    return;
                 }
             };
             let mut limit = if destination.ordered {
@@ -182,131 +201,127 @@ impl Dispatcher {
             match self.deliverer.flow.circuits.gate(id) {
                 Gate::Closed => {}
                 Gate::Open(left) => {
+                    pulls.abandon();
                     self.finish(id, in_flight).await;
                     self.signal_at(id, Instant::now() + left + Duration::from_millis(50));
-                    return true;
+                    return;
                 }
                 Gate::HalfOpen => {
                     limit = limit.min(self.deliverer.flow.circuits.policy().probes as usize);
                 }
             }
-            let batch = limit.min(self.pull_batch);
-            let free = limit.saturating_sub(in_flight.len()).min(batch);
-            // While draining a backlog, wait until half a batch of slots is free instead of
-            // paying a pull round trip per finished delivery.
-            let bulk = owed > 0 && free < batch.div_ceil(2) && !in_flight.is_empty();
-            if free == 0 || bulk {
-                let done = in_flight.join_next().await;
-                self.after(id, done);
-                self.collect_finished(id, in_flight);
-                continue;
-            }
-            owed += slot.hint.swap(0, Ordering::AcqRel);
-            if owed == 0 {
-                // Nothing announced: every way a message becomes ready announces it (a
-                // signal per event, a timer per retry, the sweep for the rest), so an
-                // empty pull here would only cost the server a filtered scan.
-                if in_flight.is_empty() {
-                    return true;
+            pulls.owed += slot.hint.swap(0, Ordering::AcqRel);
+            if pulls.open.is_none() && pulls.owed > 0 {
+                let batch = limit.min(self.pull_batch);
+                let free = limit.saturating_sub(in_flight.len()).min(batch);
+                // While draining a backlog, wait until half a batch of slots is free
+                // instead of paying a pull round trip per finished delivery.
+                let want = free.min(pulls.owed);
+                if want > 0 && (in_flight.is_empty() || free >= batch.min(pulls.owed).div_ceil(2)) {
+                    let Ok(permits) = self.permits.clone().acquire_many_owned(want as u32).await
+                    else {
+                        return;
+                    };
+                    metrics::counter!(m::PULLS).increment(1);
+                    match route.request(want).await {
+                        Ok(request) => {
+                            tracing::trace!(destination_id = %id, want, request, "pull");
+                            pulls.open = Some(OpenPull {
+                                request,
+                                asked: want,
+                                left: want,
+                                permits,
+                                sent: Instant::now(),
+                            });
+                            pulls.owed -= want;
+                        }
+                        Err(e) => {
+                            warn!(destination_id = %id, error = %e, "pull failed; trying again shortly");
+                            drop(permits);
+                            self.finish(id, in_flight).await;
+                            self.signal_at(id, Instant::now() + Duration::from_secs(1));
+                            return;
+                        }
+                    }
                 }
-                tokio::select! {
-                    done = in_flight.join_next() => self.after(id, done),
-                    _ = slot.wake.notified() => {}
-                }
-                self.collect_finished(id, in_flight);
-                continue;
             }
-            let want = free.min(owed);
-            let announced = owed;
-            let Ok(mut permits) = self.permits.clone().acquire_many_owned(want as u32).await else {
-                return true;
-            };
-            metrics::counter!(m::PULLS).increment(1);
-            // Messages the server sends after the pull returned (see `Puller::fetch`) are
-            // delivered as they come, outside this round's accounting; the consumer's
-            // max_ack_pending still bounds them.
-            let late = {
-                let deliverer = self.deliverer.clone();
-                let destination = destination.clone();
-                let tracker = self.tracker.clone();
-                move |msg| {
-                    let deliverer = deliverer.clone();
-                    let destination = destination.clone();
-                    tracker.spawn(async move { deliverer.handle(&destination, msg).await });
-                }
-            };
-            let messages = match self.puller.fetch(&consumer, want, late).await {
-                Ok(messages) => messages,
-                Err(e) if e.kind == BrokerErrorKind::NotFound => {
-                    debug!(destination_id = %id, "consumer gone; stop draining");
-                    self.finish(id, in_flight).await;
-                    return true;
-                }
-                Err(e) => {
-                    warn!(destination_id = %id, error = %e, "pull failed; trying again shortly");
-                    drop(permits);
-                    self.finish(id, in_flight).await;
-                    self.signal_at(id, Instant::now() + Duration::from_secs(1));
-                    return true;
-                }
-            };
-            let pulled = messages.len();
-            tracing::trace!(destination_id = %id, want, pulled, "pulled");
-            if pulled == 0 && announced > 0 && !retried_empty {
-                // JetStream processes acks asynchronously: right after a batch finished,
-                // the consumer may still count its slots as taken and answer nothing.
-                // Look once more shortly rather than leave the backlog to the sweep. (Once:
-                // if the messages went to another replica, or wait for their retry time,
-                // that replica, the retry timer or the sweep wakes the destination.)
-                retried_empty = true;
-                owed = announced;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = slot.wake.notified() => {}
-                }
-                continue;
+            if pulls.open.is_none() && pulls.owed == 0 && in_flight.is_empty() {
+                return;
             }
-            if pulled > 0 {
-                retried_empty = false;
-            }
-            // The pull may have waited: take the destination as it is now, so a change
-            // made meanwhile (which the consumer may already follow) applies.
-            let destination = self.registry.get(id).unwrap_or(destination);
-            // Each message carries the consumer's count of messages still waiting after
-            // it. Measured: with many filtered consumers that count can lag, so a full pull
-            // is always followed by one more look; a short one is trusted.
-            let left = messages
-                .last()
-                .and_then(|m| m.info().ok())
-                .map_or(0, |info| info.pending as usize);
-            owed = match pulled {
-                0 => 0,
-                n if n == want => left.max(1),
-                _ => left,
-            };
-            for msg in messages {
-                let permit = permits.split(1).expect("one permit per pulled message");
-                let deliverer = self.deliverer.clone();
-                let destination = destination.clone();
-                in_flight.spawn(async move {
-                    let _permit = permit;
-                    deliverer.handle(&destination, msg).await
-                });
-            }
-            drop(permits);
-            if pulled == 0 && in_flight.is_empty() {
-                return true;
-            }
-            if pulled < want {
-                // The consumer had fewer messages ready than asked for: wait for a delivery
-                // to finish or a new signal before pulling again, instead of spinning.
-                tokio::select! {
-                    done = in_flight.join_next() => self.after(id, done),
-                    _ = slot.wake.notified() => {}
+            // An open pull that the server keeps (its ack-pending slots are taken, by
+            // another replica say) is given up here after a while; its messages, if they
+            // come, still arrive through the route or the orphan channel.
+            let give_up_at = pulls.open.as_ref().map(|p| p.sent + self.request_timeout);
+            tokio::select! {
+                reply = route.recv() => match reply {
+                    Some(Reply::Message(msg)) => {
+                        self.deliver_pulled(id, &destination, msg, pulls, in_flight);
+                    }
+                    Some(Reply::End { request, status }) => {
+                        if pulls.open.as_ref().is_some_and(|p| p.request == request) {
+                            tracing::trace!(destination_id = %id, request, %status, "pull ended");
+                            pulls.open = None;
+                            if status == StatusCode::NO_RESPONDERS {
+                                warn!(destination_id = %id, "JetStream did not answer a pull; trying again shortly");
+                                self.finish(id, in_flight).await;
+                                self.signal_at(id, Instant::now() + Duration::from_secs(1));
+                                return;
+                            }
+                            // 404: nothing ready now. What becomes ready later is announced
+                            // (a signal per event, a timer per retry, the sweep).
+                            pulls.owed = 0;
+                        }
+                    }
+                    Some(Reply::Gone) | None => {
+                        debug!(destination_id = %id, "consumer gone; stop draining");
+                        pulls.abandon();
+                        self.finish(id, in_flight).await;
+                        return;
+                    }
+                },
+                done = in_flight.join_next(), if !in_flight.is_empty() => self.after(id, done),
+                _ = slot.wake.notified() => {}
+                _ = sleep_until_or_never(give_up_at) => {
+                    debug!(destination_id = %id, "an open pull is not answered; giving it up");
+                    pulls.abandon();
+                    pulls.owed = 0;
                 }
             }
             self.collect_finished(id, in_flight);
         }
+    }
+
+    /// Starts the delivery of one pulled message, with a slot of the open pull's permits
+    /// (or, for a message of a pull already given up, without: the consumer's
+    /// max_ack_pending still bounds those).
+    fn deliver_pulled(
+        &self,
+        id: &str,
+        destination: &Arc<crate::model::Destination>,
+        msg: Box<Message>,
+        pulls: &mut Pulls,
+        in_flight: &mut JoinSet<Handled>,
+    ) {
+        let mut permit = None;
+        if let Some(open) = pulls.open.as_mut() {
+            permit = open.permits.split(1);
+            open.left = open.left.saturating_sub(1);
+            if open.left == 0 {
+                // The whole batch came. Each message carries the consumer's count of what
+                // is still waiting after it; with many filtered consumers that count can
+                // lag, so a full batch is always followed by one more look.
+                let pending = msg.info().map_or(0, |info| info.pending as usize);
+                pulls.owed = pulls.owed.max(pending).max(1);
+                tracing::trace!(destination_id = %id, asked = open.asked, pending, "pull complete");
+                pulls.open = None;
+            }
+        }
+        let deliverer = self.deliverer.clone();
+        let destination = destination.clone();
+        in_flight.spawn(async move {
+            let _permit = permit;
+            deliverer.handle(&destination, *msg).await
+        });
     }
 
     /// Takes the results of deliveries that have finished, without waiting.
@@ -329,6 +344,78 @@ impl Dispatcher {
             Some(Ok(Handled::Done)) | None => {}
             Some(Err(e)) => warn!(destination_id = %id, error = %e, "delivery task failed"),
         }
+    }
+}
+
+/// The pull of a drain that the server has not finished answering.
+struct OpenPull {
+    request: u64,
+    asked: usize,
+    /// Messages still to come for it.
+    left: usize,
+    /// One in-flight slot of the worker's budget per message still to come.
+    permits: OwnedSemaphorePermit,
+    sent: Instant,
+}
+
+/// A drain's view of its consumer: messages believed waiting, and its open pull (one at
+/// a time: the next is sent when this one is answered in full or ended).
+#[derive(Default)]
+struct Pulls {
+    owed: usize,
+    open: Option<OpenPull>,
+}
+
+impl Pulls {
+    /// Stops waiting for the open pull; its permits go back to the budget.
+    fn abandon(&mut self) {
+        self.open = None;
+    }
+}
+
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Messages that came after their drain ended (answers to a pull given up, or arriving
+/// while the drain was leaving): delivered like any other, outside the in-flight budget
+/// (the consumer's max_ack_pending bounds them). At shutdown they are released for
+/// redelivery instead.
+async fn deliver_orphans(
+    dispatcher: std::sync::Weak<Dispatcher>,
+    mut orphans: mpsc::UnboundedReceiver<Orphan>,
+    token: CancellationToken,
+) {
+    while let Some((consumer, msg)) = orphans.recv().await {
+        let Some(dispatcher) = dispatcher.upgrade() else {
+            return;
+        };
+        let destination =
+            names::destination_of_consumer(&consumer).and_then(|id| dispatcher.registry.get(id));
+        let Some(destination) = destination.filter(|_| !token.is_cancelled()) else {
+            // Unknown here (just deleted, or not loaded yet) or shutting down: let the
+            // server hand it out again.
+            if let Err(e) = msg
+                .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                .await
+            {
+                debug!(error = %e, "nak of an orphaned message not sent");
+            }
+            continue;
+        };
+        tracing::trace!(%consumer, "late message");
+        let deliverer = dispatcher.deliverer.clone();
+        let weak = Arc::downgrade(&dispatcher);
+        dispatcher.tracker.spawn(async move {
+            if let Handled::RetryIn(delay) = deliverer.handle(&destination, *msg).await
+                && let Some(dispatcher) = weak.upgrade()
+            {
+                dispatcher.signal_at(destination.id.as_str(), Instant::now() + delay);
+            }
+        });
     }
 }
 

@@ -81,7 +81,8 @@ impl Worker {
         });
         let dispatcher = Dispatcher::start(
             registry.clone(),
-            broker.puller(cfg.request_timeout()),
+            broker.pull_mux(token.clone()).await?,
+            cfg.request_timeout(),
             deliverer.clone(),
             d.max_in_flight_total,
             d.pull_batch,
