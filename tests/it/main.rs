@@ -17,5 +17,6 @@ mod logs;
 mod metrics;
 mod replicas;
 mod retry;
+mod scale;
 mod smoke;
 mod tracing;

@@ -14,6 +14,7 @@ use hookstream::app::{App, AppError};
 use hookstream::config::Config;
 
 use super::nats::NatsServer;
+use super::prometheus::Scrape;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -169,6 +170,13 @@ impl TestApp {
         send(request).await
     }
 
+    /// The app's `/metrics`, parsed; panics if it is not valid Prometheus text.
+    pub async fn scrape(&self) -> Scrape {
+        let (status, text) = send_text(self.client.get(self.url("/metrics"))).await;
+        assert_eq!(status, StatusCode::OK, "GET /metrics: {text}");
+        Scrape::parse(&text).unwrap_or_else(|why| panic!("/metrics is not Prometheus text: {why}"))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url())
     }
@@ -205,6 +213,14 @@ pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     (status, body)
+}
+
+/// Sends and returns the status with the body as text.
+async fn send_text(request: reqwest::RequestBuilder) -> (StatusCode, String) {
+    let response = request.send().await.expect("request to the app");
+    let status = response.status();
+    let text = response.text().await.expect("read the app's response body");
+    (status, text)
 }
 
 /// Polls `{base_url}/readyz` until 200; panics after `timeout` with the last answer.

@@ -5,6 +5,8 @@ use std::fs::File;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use reqwest::StatusCode;
+use serde_json::Value;
 use tempfile::TempDir;
 
 /// A debug build starting cold on a busy 2-core machine can be slow to get ready.
@@ -75,6 +77,17 @@ impl ServiceProcess {
 
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `POST {path}` with a JSON body; the status and the answer as JSON (see
+    /// [`super::app::send`]).
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base_url()))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).expect("serialise a JSON value"));
+        super::app::send(request).await
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,6 +1,7 @@
 //! `Receiver`: a real HTTP server standing in for a webhook destination. It records every
 //! request and hands it to the test through a channel, answers with a status the test can
-//! change (or script) mid-test, and tracks how many requests were open at once.
+//! change (or script) mid-test, and tracks how many requests were open at once and how
+//! many were abandoned by their sender before the answer.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -71,6 +72,7 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     open: AtomicUsize,
     max_open: AtomicUsize,
+    aborted: Mutex<Vec<Request>>,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -97,6 +99,7 @@ impl Receiver {
             }),
             open: AtomicUsize::new(0),
             max_open: AtomicUsize::new(0),
+            aborted: Mutex::new(Vec::new()),
             requests: tx,
         });
         let app = Router::new()
@@ -173,6 +176,17 @@ impl Receiver {
         self.shared.open.load(Ordering::SeqCst)
     }
 
+    /// Requests whose sender went away (timed out, or died) before they were answered:
+    /// the connection closed while the answer was delayed. They were also handed to the
+    /// test on arrival, like every request; an abandoned request is not a delivery.
+    pub fn aborted_requests(&self) -> Vec<Request> {
+        self.shared
+            .aborted
+            .lock()
+            .expect("receiver aborted lock")
+            .clone()
+    }
+
     /// The next request, or `None` if none arrives within `timeout`.
     pub async fn recv_timeout(&self, timeout: Duration) -> Option<Request> {
         let mut requests = self.requests.lock().await;
@@ -218,12 +232,24 @@ impl Drop for Receiver {
 }
 
 /// Decrements the open-request count however the request ends, including when the
-/// client gives up (times out) and hyper drops the handler mid-delay.
-struct OpenGuard<'a>(&'a AtomicUsize);
+/// client gives up (times out, or dies) and hyper drops the handler mid-delay: then it
+/// keeps the request as aborted.
+struct OpenGuard<'a> {
+    shared: &'a Shared,
+    /// Until the answer is ready.
+    unanswered: Option<Request>,
+}
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some(request) = self.unanswered.take() {
+            self.shared
+                .aborted
+                .lock()
+                .expect("receiver aborted lock")
+                .push(request);
+        }
     }
 }
 
@@ -235,7 +261,10 @@ async fn record(
     body: Bytes,
 ) -> Response {
     let now_open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
-    let _guard = OpenGuard(&shared.open);
+    let mut guard = OpenGuard {
+        shared: &shared,
+        unanswered: None,
+    };
     shared.max_open.fetch_max(now_open, Ordering::SeqCst);
 
     // Decide the answer on arrival, so scripted statuses follow arrival order even when
@@ -264,6 +293,7 @@ async fn record(
         body,
         received_at: Instant::now(),
     };
+    guard.unanswered = Some(request.clone());
     // The test may have dropped its side already; the answer still goes out.
     let _ = shared.requests.send(request);
 
@@ -273,5 +303,6 @@ async fn record(
     let status = StatusCode::from_u16(status).expect("scripted status is a valid HTTP status");
     let mut response = (status, answer_body).into_response();
     response.headers_mut().extend(extra_headers);
+    guard.unanswered = None;
     response
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::Receiver;
+use super::{Receiver, Request};
 
 #[derive(Default)]
 pub struct Seen(HashMap<String, usize>);
@@ -12,15 +12,36 @@ impl Seen {
     /// Counts every request the receiver has got so far, without waiting.
     pub async fn take(&mut self, receiver: &Receiver) {
         for request in receiver.drain().await {
-            let id = request
-                .header("webhook-id")
-                .expect("every webhook has a webhook-id");
-            *self.0.entry(id.to_string()).or_default() += 1;
+            self.add(&request);
         }
+    }
+
+    /// Counts one request, for tests that also look at it (e.g. when it arrived).
+    pub fn add(&mut self, request: &Request) {
+        let id = request
+            .header("webhook-id")
+            .expect("every webhook has a webhook-id");
+        *self.0.entry(id.to_string()).or_default() += 1;
+    }
+
+    /// Ids in `wanted` not seen yet, sorted.
+    pub fn missing<'a>(&self, wanted: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let mut missing: Vec<String> = wanted
+            .into_iter()
+            .filter(|id| !self.0.contains_key(*id))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing
     }
 
     pub fn contains(&self, id: &str) -> bool {
         self.0.contains_key(id)
+    }
+
+    /// Requests counted for this id.
+    pub fn count(&self, id: &str) -> usize {
+        self.0.get(id).copied().unwrap_or(0)
     }
 
     /// Requests beyond the first for each id.
