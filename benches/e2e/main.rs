@@ -49,22 +49,13 @@ async fn main() {
     run!("raw_fanout_1000_2f", broker::raw_fanout(1000, n(20_000), 2));
     run!("ingest", scenarios::ingest(n(20_000)));
     for mode in ["on_demand", "per_destination"] {
-        run!(
-            &format!("drain_1_{mode}"),
-            scenarios::drain(1, n(20_000), mode)
-        );
-        run!(
-            &format!("drain_100_{mode}"),
-            scenarios::drain(100, n(20_000), mode)
-        );
-        run!(
-            &format!("drain_1000_{mode}"),
-            scenarios::drain(1000, n(20_000), mode)
-        );
-        run!(
-            &format!("drain_10000_{mode}"),
-            scenarios::drain(10_000, n(20_000), mode)
-        );
+        for (dests, events) in [(1, 20_000), (100, 20_000), (1000, 20_000), (10_000, 20_000)] {
+            run!(
+                &format!("drain_{dests}_{mode}"),
+                scenarios::drain(dests, n(events), mode)
+            );
+        }
+        run!(&format!("idle_10000_{mode}"), scenarios::idle(10_000, mode));
         run!(
             &format!("latency_10_{mode}"),
             scenarios::latency(10, 1000, n(10_000), mode)
@@ -73,9 +64,10 @@ async fn main() {
             &format!("latency_1000_{mode}"),
             scenarios::latency(1000, 1000, n(10_000), mode)
         );
-        run!(&format!("idle_10000_{mode}"), scenarios::idle(10_000, mode));
+        if mode == "on_demand" {
+            run!("failure_mix", scenarios::failure_mix(n(40_000)));
+        }
     }
-    run!("failure_mix", scenarios::failure_mix(n(10_000)));
 
     let summary = scenarios::summarise(&results);
     println!("{summary}");
