@@ -328,15 +328,22 @@ pub async fn latency(dests: usize, rate: usize, total: usize, mode: &str) -> Val
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
+    // How long the 202 took: the part of the latency that is ingest, not delivery.
+    let accepted_us = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
     for i in 0..total {
         tick.tick().await;
         let body =
             json!({"type": format!("bench.d{}", i % dests), "data": {"t": now_ns(), "pad": pad()}});
         let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
         let r = client.post(&url).json(&body).send();
+        let accepted_us = accepted_us.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = r.await;
+            let sent = Instant::now();
+            if r.await.is_ok_and(|r| r.status().is_success()) {
+                let us = sent.elapsed().as_micros() as u64;
+                accepted_us.lock().expect("not poisoned").push(us);
+            }
         });
     }
     let done = receiver
@@ -345,10 +352,13 @@ pub async fn latency(dests: usize, rate: usize, total: usize, mode: &str) -> Val
         .is_some();
     let latencies = std::mem::take(&mut *receiver.state.latencies_us.lock().await);
     let (p50, p90, p99, max) = percentiles(latencies);
+    let accepted = std::mem::take(&mut *accepted_us.lock().expect("not poisoned"));
+    let (a50, _, a99, _) = percentiles(accepted);
     json!({
         "destinations": dests, "offered_per_second": rate, "events": total, "mode": mode,
         "complete": done, "p50_ms": p50 as f64 / 1000.0, "p90_ms": p90 as f64 / 1000.0,
         "p99_ms": p99 as f64 / 1000.0, "max_ms": max as f64 / 1000.0,
+        "accepted_p50_ms": a50 as f64 / 1000.0, "accepted_p99_ms": a99 as f64 / 1000.0,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod names;
 pub mod pull;
 pub mod setup;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream::Stream};
@@ -24,9 +25,21 @@ const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
 use crate::config::Config;
 
-/// The connection and every stream and bucket handle, made once at start.
+/// The connection and every stream and bucket handle, made once at start. Cloned into
+/// every request and task, so it is one `Arc`: the handles themselves carry their stream
+/// info and cost dozens of allocations to clone.
 #[derive(Clone)]
-pub struct Broker {
+pub struct Broker(Arc<Handles>);
+
+impl std::ops::Deref for Broker {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+pub struct Handles {
     pub client: Client,
     pub js: jetstream::Context,
     pub subjects: Subjects,
@@ -105,7 +118,7 @@ impl Broker {
         };
         let (events, dlq, attempts, stats, destinations, idempotency, ratelimit, circuits) =
             handles;
-        Ok(Self {
+        Ok(Self(Arc::new(Handles {
             client,
             js,
             subjects,
@@ -117,7 +130,7 @@ impl Broker {
             idempotency,
             ratelimit,
             circuits,
-        })
+        })))
     }
 
     /// Creates or updates every stream and bucket, in the order of the `Broker` fields.

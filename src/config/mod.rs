@@ -129,6 +129,7 @@ pub struct DeliveryConfig {
     pub sweep_interval_ms: u64,
     pub ack_wait_margin_ms: u64,
     pub max_in_flight_total: usize,
+    pub slow_delivery_ms: u64,
     pub shutdown_grace_ms: u64,
     pub stats_flush_ms: u64,
     pub pull_mode: PullMode,

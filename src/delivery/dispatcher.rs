@@ -32,12 +32,6 @@ use crate::flow::circuit::Gate;
 use crate::model::DestinationId;
 use crate::telemetry::metrics as m;
 
-/// How long a delivery holds its slot of the worker's in-flight budget. Measured
-/// (`make bench`, failure mix): with the slot held for the whole request, 10 hanging
-/// destinations out of 100 took 640 of the 1,024 slots for their whole timeout and the
-/// healthy destinations lost 40 % of their rate.
-const SLOW_DELIVERY: Duration = Duration::from_millis(200);
-
 /// A destination that is being drained.
 struct Slot {
     /// Set by a signal that arrives while the drain task runs: pull once more.
@@ -49,32 +43,43 @@ struct Slot {
     hint: AtomicUsize,
 }
 
+/// How much a worker pulls and keeps in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Deliveries in flight in this worker, all destinations together.
+    pub max_in_flight_total: usize,
+    /// Largest pull.
+    pub pull_batch: usize,
+    /// How long an unanswered pull is waited for.
+    pub request_timeout: Duration,
+    /// How long a delivery holds its slot of `max_in_flight_total`; `None`: to its end.
+    /// Measured (`make bench`, failure mix): with the slot held for the whole request, 10
+    /// hanging destinations out of 100 took 640 of the 1,024 slots for their whole
+    /// timeout and the healthy destinations lost 40 % of their rate.
+    pub slow_delivery: Option<Duration>,
+}
+
 pub struct Dispatcher {
     active: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
     registry: Arc<Registry>,
     mux: PullMux,
-    /// How long an unanswered pull is waited for.
-    request_timeout: Duration,
     deliverer: Arc<Deliverer>,
-    /// Deliveries in flight in this worker, all destinations together.
+    limits: Limits,
+    /// Deliveries in flight in this worker, all destinations together: a permit each.
     permits: Arc<Semaphore>,
     /// The size of that budget: no pull asks for more (it could never get its permits).
     budget: usize,
-    pull_batch: usize,
     timers: mpsc::UnboundedSender<(Instant, Arc<str>)>,
     tracker: TaskTracker,
     token: CancellationToken,
 }
 
 impl Dispatcher {
-    #[allow(clippy::too_many_arguments)]
     pub fn start(
         registry: Arc<Registry>,
         (mux, orphans): (PullMux, mpsc::UnboundedReceiver<Orphan>),
-        request_timeout: Duration,
         deliverer: Arc<Deliverer>,
-        max_in_flight_total: usize,
-        pull_batch: usize,
+        limits: Limits,
         tracker: TaskTracker,
         token: CancellationToken,
     ) -> Arc<Self> {
@@ -83,11 +88,10 @@ impl Dispatcher {
             active: Mutex::new(HashMap::new()),
             registry,
             mux,
-            request_timeout,
             deliverer,
-            permits: Arc::new(Semaphore::new(max_in_flight_total)),
-            budget: max_in_flight_total.max(1),
-            pull_batch,
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_in_flight_total)),
+            budget: limits.max_in_flight_total.max(1),
             timers,
             tracker: tracker.clone(),
             token: token.clone(),
@@ -221,7 +225,7 @@ impl Dispatcher {
             }
             pulls.owed += slot.hint.swap(0, Ordering::AcqRel);
             if pulls.open.is_none() && pulls.owed > 0 {
-                let batch = limit.min(self.pull_batch);
+                let batch = limit.min(self.limits.pull_batch);
                 let free = limit.saturating_sub(in_flight.len()).min(batch);
                 // While draining a backlog, wait until half a batch of slots is free
                 // instead of paying a pull round trip per finished delivery.
@@ -260,7 +264,10 @@ impl Dispatcher {
             // An open pull that the server keeps (its ack-pending slots are taken, by
             // another replica say) is given up here after a while; its messages, if they
             // come, still arrive through the route or the orphan channel.
-            let give_up_at = pulls.open.as_ref().map(|p| p.sent + self.request_timeout);
+            let give_up_at = pulls
+                .open
+                .as_ref()
+                .map(|p| p.sent + self.limits.request_timeout);
             tokio::select! {
                 reply = route.recv() => match reply {
                     Some(Reply::Message(msg)) => {
@@ -327,12 +334,13 @@ impl Dispatcher {
         }
         let deliverer = self.deliverer.clone();
         let destination = destination.clone();
+        let slow = self.limits.slow_delivery;
         in_flight.spawn(async move {
             let work = deliverer.handle(&destination, *msg);
             let mut work = std::pin::pin!(work);
             tokio::select! {
                 out = &mut work => return out,
-                _ = tokio::time::sleep(SLOW_DELIVERY) => {}
+                _ = sleep_until_or_never(slow.map(|d| Instant::now() + d)) => {}
             }
             // A receiver this slow costs a connection, not the worker's CPU: its slot in
             // the worker's budget goes to the others (the destination's own max_in_flight

@@ -82,10 +82,14 @@ impl Worker {
         let dispatcher = Dispatcher::start(
             registry.clone(),
             broker.pull_mux(token.clone()).await?,
-            cfg.request_timeout(),
             deliverer.clone(),
-            d.max_in_flight_total,
-            d.pull_batch,
+            dispatcher::Limits {
+                max_in_flight_total: d.max_in_flight_total,
+                pull_batch: d.pull_batch,
+                request_timeout: cfg.request_timeout(),
+                slow_delivery: (d.slow_delivery_ms > 0)
+                    .then(|| Duration::from_millis(d.slow_delivery_ms)),
+            },
             tracker.clone(),
             token.clone(),
         );

@@ -312,6 +312,9 @@ async fn unacked_events_of_a_sigkilled_replica_are_delivered_by_the_other_replic
             per_replica.as_str(),
         ),
         ("HOOKSTREAM_DELIVERY__PULL_BATCH", per_replica.as_str()),
+        // Each replica holds at most PER_REPLICA requests open, however slow they get on
+        // a loaded machine: more than that open at once means both replicas have some.
+        ("HOOKSTREAM_DELIVERY__SLOW_DELIVERY_MS", "0"),
     ];
     let mut a = ServiceProcess::spawn(&nats.url(), &env).await;
     let b = ServiceProcess::spawn(&nats.url(), &env).await;
