@@ -184,6 +184,8 @@ pub struct Receiver {
 
 pub struct ReceiverState {
     pub received: AtomicU64,
+    /// Requests to the failing and hanging routes.
+    pub unhealthy: AtomicU64,
     pub record_latency: std::sync::atomic::AtomicBool,
     pub latencies_us: Mutex<Vec<u64>>,
 }
@@ -192,6 +194,7 @@ impl Receiver {
     pub async fn start() -> Receiver {
         let state = Arc::new(ReceiverState {
             received: AtomicU64::new(0),
+            unhealthy: AtomicU64::new(0),
             record_latency: std::sync::atomic::AtomicBool::new(false),
             latencies_us: Mutex::new(Vec::new()),
         });
@@ -254,11 +257,13 @@ async fn ok(State(state): State<Arc<ReceiverState>>, body: Bytes) -> StatusCode 
     StatusCode::OK
 }
 
-async fn fail() -> StatusCode {
+async fn fail(State(state): State<Arc<ReceiverState>>) -> StatusCode {
+    state.unhealthy.fetch_add(1, Ordering::Relaxed);
     StatusCode::INTERNAL_SERVER_ERROR
 }
 
-async fn hang() -> StatusCode {
+async fn hang(State(state): State<Arc<ReceiverState>>) -> StatusCode {
+    state.unhealthy.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(3600)).await;
     StatusCode::OK
 }

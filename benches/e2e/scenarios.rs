@@ -386,6 +386,7 @@ pub async fn failure_mix(total: usize) -> Value {
         "healthy_only_per_second": base,
         "healthy_per_second": mix,
         "healthy_rate_kept_pct": mix / base * 100.0,
+        "healthy_only": healthy_only,
         "mixed": mixed,
     })
 }
@@ -412,15 +413,23 @@ async fn healthy_rate(
     preload_events(&js, &wanted, dests).await;
     let healthy = wanted.iter().filter(|i| kind(**i % dests) == "ok").count() as u64;
     let worker = Service::start(&nats.url(), "worker", &env).await;
+    let (_, cpu0) = proc_stats(worker.pid());
+    let (_, ncpu0) = proc_stats(nats.pid());
     let Some(first) = receiver.wait_for(1, Duration::from_secs(60)).await else {
         return json!({ "error": "nothing delivered in 60 s" });
     };
     let last = receiver.wait_for(healthy, DRAIN_BUDGET).await;
+    let (_, cpu1) = proc_stats(worker.pid());
+    let (_, ncpu1) = proc_stats(nats.pid());
+    let unhealthy = receiver.state.unhealthy.load(Ordering::Relaxed);
     drop(worker);
     match last {
         Some(last) => json!({
             "healthy_events": healthy,
             "healthy_per_second": (healthy - 1) as f64 / (last - first).as_secs_f64().max(1e-3),
+            "unhealthy_requests": unhealthy,
+            "worker_cpu_s": cpu1 - cpu0,
+            "nats_cpu_s": ncpu1 - ncpu0,
         }),
         None => json!({ "error": format!("only {} of {healthy} delivered", receiver.received()) }),
     }
