@@ -17,10 +17,16 @@ fn pad() -> String {
     "x".repeat(PAD)
 }
 
+/// The service's default sweep interval, set explicitly so that the idle window matches.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
 fn mode_env(mode: &str) -> Vec<(&'static str, String)> {
     vec![
         ("HOOKSTREAM_DELIVERY__PULL_MODE", mode.to_string()),
-        ("HOOKSTREAM_DELIVERY__SWEEP_INTERVAL_MS", "15000".into()),
+        (
+            "HOOKSTREAM_DELIVERY__SWEEP_INTERVAL_MS",
+            SWEEP_INTERVAL.as_millis().to_string(),
+        ),
     ]
 }
 
@@ -292,8 +298,10 @@ pub async fn idle(dests: usize, mode: &str) -> Value {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, hs0) = proc_stats(service.pid());
     let (_, n0) = proc_stats(nats.pid());
-    let window = 10.0;
-    tokio::time::sleep(Duration::from_secs_f64(window)).await;
+    // Exactly one sweep interval: the window holds one sweep (the only periodic work of
+    // an idle worker) wherever it falls.
+    let window = SWEEP_INTERVAL.as_secs_f64();
+    tokio::time::sleep(SWEEP_INTERVAL).await;
     let (hs_rss, hs1) = proc_stats(service.pid());
     let (nats_rss, n1) = proc_stats(nats.pid());
     let spawned = Instant::now();
@@ -445,134 +453,120 @@ fn get(results: &[(String, Value)], name: &str, key: &str) -> Option<f64> {
 
 /// The table, with the ratios the issues ask for.
 pub fn summarise(results: &[(String, Value)]) -> String {
-    let mut out = String::from("| figure | value |\n|---|---:|\n");
-    let mut row = |k: String, v: Option<f64>, unit: &str| {
-        if let Some(v) = v {
-            out.push_str(&format!("| {k} | {v:.1}{unit} |\n"));
-        }
-    };
-    let raw = get(results, "raw_http", "per_second");
-    row("raw HTTP (reference 1.0), req/s".into(), raw, "");
-    row(
-        "raw JetStream publish, msg/s".into(),
-        get(results, "raw_jetstream", "publish_per_second"),
-        "",
-    );
-    row(
-        "raw JetStream pull+ack, msg/s".into(),
-        get(results, "raw_jetstream", "pull_ack_per_second"),
-        "",
-    );
-    row(
-        "ingest HTTP single, ev/s".into(),
-        get(results, "ingest", "http_single_per_second"),
-        "",
-    );
-    row(
-        "ingest HTTP batch 100, ev/s".into(),
-        get(results, "ingest", "http_batch100_per_second"),
-        "",
-    );
-    row(
-        "ingest NATS publish, ev/s".into(),
-        get(results, "ingest", "nats_publish_per_second"),
-        "",
-    );
+    let fig = |name: &str, key: &str| get(results, name, key);
+    let pct = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b * 100.0);
+    let mut rows: Vec<(String, Option<f64>, &str)> = Vec::new();
+    let raw = fig("raw_http", "per_second");
+    for (label, name, key) in [
+        ("raw HTTP (reference 1.0), req/s", "raw_http", "per_second"),
+        (
+            "raw JetStream publish, msg/s",
+            "raw_jetstream",
+            "publish_per_second",
+        ),
+        (
+            "raw JetStream pull+ack, msg/s",
+            "raw_jetstream",
+            "pull_ack_per_second",
+        ),
+        (
+            "ingest HTTP single, ev/s",
+            "ingest",
+            "http_single_per_second",
+        ),
+        (
+            "ingest HTTP batch 100, ev/s",
+            "ingest",
+            "http_batch100_per_second",
+        ),
+        (
+            "ingest NATS publish, ev/s",
+            "ingest",
+            "nats_publish_per_second",
+        ),
+    ] {
+        rows.push((label.into(), fig(name, key), ""));
+    }
     for mode in ["on_demand", "per_destination"] {
-        let one = get(results, &format!("drain_1_{mode}"), "per_second");
+        let one = fig(&format!("drain_1_{mode}"), "per_second");
         for d in [1, 100, 1000, 10000] {
             let name = format!("drain_{d}_{mode}");
-            let rate = get(results, &name, "per_second");
-            row(format!("[{mode}] drain {d} dest, deliveries/s"), rate, "");
-            if let (Some(r), Some(raw)) = (rate, raw) {
-                row(
-                    format!("[{mode}] drain {d} dest / raw HTTP"),
-                    Some(r / raw * 100.0),
-                    " %",
-                );
-            }
-            if let (Some(r), Some(one)) = (rate, one) {
-                row(
-                    format!("[{mode}] drain {d} dest / drain 1 dest"),
-                    Some(r / one * 100.0),
-                    " %",
-                );
-            }
-            row(
+            let rate = fig(&name, "per_second");
+            rows.push((format!("[{mode}] drain {d} dest, deliveries/s"), rate, ""));
+            rows.push((
+                format!("[{mode}] drain {d} dest / raw HTTP"),
+                pct(rate, raw),
+                " %",
+            ));
+            rows.push((
+                format!("[{mode}] drain {d} dest / drain 1 dest"),
+                pct(rate, one),
+                " %",
+            ));
+            rows.push((
                 format!("[{mode}] drain {d}: worker CPU s per 100k"),
-                get(results, &name, "worker_cpu_s_per_100k"),
+                fig(&name, "worker_cpu_s_per_100k"),
                 "",
-            );
+            ));
         }
         for d in [10, 1000] {
             let name = format!("latency_{d}_{mode}");
-            row(
-                format!("[{mode}] latency {d} dest @1000/s p50 ms"),
-                get(results, &name, "p50_ms"),
-                "",
-            );
-            row(
-                format!("[{mode}] latency {d} dest @1000/s p99 ms"),
-                get(results, &name, "p99_ms"),
-                "",
-            );
+            for p in ["p50", "p99"] {
+                rows.push((
+                    format!("[{mode}] latency {d} dest @1000/s {p} ms"),
+                    fig(&name, &format!("{p}_ms")),
+                    "",
+                ));
+            }
         }
         let idle = format!("idle_10000_{mode}");
-        row(
-            format!("[{mode}] idle 10k: hookstream+nats RSS MiB"),
-            get(results, &idle, "total_rss_mib"),
-            "",
-        );
-        row(
-            format!("[{mode}] idle 10k: hookstream CPU %"),
-            get(results, &idle, "hookstream_cpu_pct"),
-            "",
-        );
-        row(
-            format!("[{mode}] idle 10k: nats-server CPU %"),
-            get(results, &idle, "nats_cpu_pct"),
-            "",
-        );
-        row(
-            format!("[{mode}] idle 10k: 2nd worker ready s"),
-            get(results, &idle, "second_worker_ready_s"),
-            "",
-        );
+        for (label, key) in [
+            ("hookstream+nats RSS MiB", "total_rss_mib"),
+            ("hookstream CPU %", "hookstream_cpu_pct"),
+            ("nats-server CPU %", "nats_cpu_pct"),
+            ("2nd worker ready s", "second_worker_ready_s"),
+        ] {
+            rows.push((format!("[{mode}] idle 10k: {label}"), fig(&idle, key), ""));
+        }
     }
-    let one = get(results, "drain_1_on_demand", "per_second");
+    let one = fig("drain_1_on_demand", "per_second");
     for filters in [1, 2] {
-        let rate = get(
-            results,
-            &format!("raw_fanout_1000_{filters}f"),
-            "per_second",
-        );
-        row(
+        let rate = fig(&format!("raw_fanout_1000_{filters}f"), "per_second");
+        rows.push((
             format!("broker limit, 1000 consumers, {filters} filter(s), msg/s"),
             rate,
             "",
-        );
-        if let (Some(r), Some(one)) = (rate, one) {
-            row(
-                format!("broker limit 1000x{filters}f / drain 1 dest"),
-                Some(r / one * 100.0),
-                " %",
-            );
+        ));
+        rows.push((
+            format!("broker limit 1000x{filters}f / drain 1 dest"),
+            pct(rate, one),
+            " %",
+        ));
+    }
+    for (label, key, unit) in [
+        (
+            "no failing beside, healthy deliveries/s",
+            "healthy_only_per_second",
+            "",
+        ),
+        (
+            "10 % 500 + 10 % hang, healthy deliveries/s",
+            "healthy_per_second",
+            "",
+        ),
+        ("healthy rate kept", "healthy_rate_kept_pct", " %"),
+    ] {
+        rows.push((
+            format!("failure mix: {label}"),
+            fig("failure_mix", key),
+            unit,
+        ));
+    }
+    let mut out = String::from("| figure | value |\n|---|---:|\n");
+    for (label, value, unit) in rows {
+        if let Some(v) = value {
+            out.push_str(&format!("| {label} | {v:.1}{unit} |\n"));
         }
     }
-    row(
-        "failure mix: healthy deliveries/s, no failing beside".into(),
-        get(results, "failure_mix", "healthy_only_per_second"),
-        "",
-    );
-    row(
-        "failure mix: healthy deliveries/s, 10 % 500 + 10 % hang".into(),
-        get(results, "failure_mix", "healthy_per_second"),
-        "",
-    );
-    row(
-        "failure mix: healthy rate kept".into(),
-        get(results, "failure_mix", "healthy_rate_kept_pct"),
-        " %",
-    );
     out
 }

@@ -3,7 +3,7 @@
 //! in-flight deliveries finish, exits 0 within the grace period, and leaves the rest for
 //! the next start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::common::seen::Seen;
 use crate::common::{NatsServer, Receiver, ServiceProcess};
 
 /// Ack wait = destination timeout (2 s) + this margin (the configured minimum).
@@ -124,37 +125,6 @@ async fn json_or_null(response: reqwest::Response) -> Value {
     }
 }
 
-/// Requests per `webhook-id` seen by the receiver.
-#[derive(Default)]
-struct Seen(HashMap<String, usize>);
-
-impl Seen {
-    fn add(&mut self, request: &crate::common::Request) {
-        let id = request
-            .header("webhook-id")
-            .expect("every webhook has a webhook-id");
-        *self.0.entry(id.to_string()).or_default() += 1;
-    }
-
-    fn distinct(&self) -> usize {
-        self.0.len()
-    }
-
-    fn duplicates(&self) -> usize {
-        self.0.values().map(|n| n - 1).sum()
-    }
-
-    fn missing<'a>(&self, wanted: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-        let mut missing: Vec<String> = wanted
-            .into_iter()
-            .filter(|id| !self.0.contains_key(*id))
-            .cloned()
-            .collect();
-        missing.sort();
-        missing
-    }
-}
-
 /// Receives until every id in `wanted` was seen, or panics after `timeout` naming the
 /// missing ones.
 async fn receive_all(
@@ -246,7 +216,7 @@ async fn no_accepted_event_is_lost_when_the_service_is_killed_mid_load() {
         || second.log(),
     )
     .await;
-    let total: usize = seen.0.values().sum();
+    let total = seen.requests();
     eprintln!(
         "crash test: {} events, {} requests, {} duplicates; recovered {:?} after the kill, {:?} in all",
         accepted.len(),
@@ -256,7 +226,7 @@ async fn no_accepted_event_is_lost_when_the_service_is_killed_mid_load() {
         started.elapsed()
     );
     // Nothing the receiver got is an event nobody accepted.
-    let strangers: Vec<&String> = seen.0.keys().filter(|id| !accepted.contains(*id)).collect();
+    let strangers = seen.ids_not_in(&accepted);
     assert!(
         strangers.is_empty(),
         "unexpected webhook ids: {strangers:?}"
@@ -355,6 +325,6 @@ async fn sigterm_finishes_in_flight_deliveries_exits_zero_and_leaves_the_rest_fo
         seen.duplicates(),
         0,
         "deliveries finished before a graceful exit were sent again: {:?}",
-        seen.0.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        seen.repeated()
     );
 }

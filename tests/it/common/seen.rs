@@ -35,6 +35,11 @@ impl Seen {
         missing
     }
 
+    /// Ids seen at least once.
+    pub fn distinct(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.0.contains_key(id)
     }
@@ -47,6 +52,18 @@ impl Seen {
     /// Requests beyond the first for each id.
     pub fn duplicates(&self) -> usize {
         self.0.values().map(|n| n - 1).sum()
+    }
+
+    /// Ids delivered more than once, with their counts, sorted.
+    pub fn repeated(&self) -> Vec<(String, usize)> {
+        let mut repeated: Vec<(String, usize)> = self
+            .0
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
+        repeated.sort();
+        repeated
     }
 
     pub fn requests(&self) -> usize {
