@@ -27,6 +27,7 @@ fn manifest_dir() -> PathBuf {
 pub struct Nats {
     child: Child,
     pub port: u16,
+    monitor_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -37,11 +38,12 @@ impl Nats {
             .unwrap_or_else(|| manifest_dir().join(".tools/venv/bin/nats-server"));
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let monitor_port = free_port();
         let conf = dir.path().join("nats.conf");
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\nmax_payload: 2MB\njetstream {{ store_dir: {:?} }}\n",
+                "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 2MB\njetstream {{ store_dir: {:?} }}\n",
                 dir.path().join("js").display().to_string()
             ),
         )
@@ -57,6 +59,7 @@ impl Nats {
         Nats {
             child,
             port,
+            monitor_port,
             _dir: dir,
         }
     }
@@ -67,6 +70,19 @@ impl Nats {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Messages the server has received from clients (publishes, acks, pulls, API
+    /// requests) and JetStream API requests served, from its monitoring endpoints.
+    pub async fn counts(&self) -> (u64, u64) {
+        let get = |path: &'static str| async move {
+            let url = format!("http://127.0.0.1:{}/{path}", self.monitor_port);
+            let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+            Some(body)
+        };
+        let in_msgs = get("varz").await.and_then(|v| v["in_msgs"].as_u64());
+        let api = get("jsz").await.and_then(|v| v["api"]["total"].as_u64());
+        (in_msgs.unwrap_or(0), api.unwrap_or(0))
     }
 }
 
@@ -184,7 +200,7 @@ pub struct Receiver {
 
 pub struct ReceiverState {
     pub received: AtomicU64,
-    /// Requests to the failing and hanging routes.
+    /// Requests to the failing, hanging and spare routes.
     pub unhealthy: AtomicU64,
     pub record_latency: std::sync::atomic::AtomicBool,
     pub latencies_us: Mutex<Vec<u64>>,
@@ -202,6 +218,7 @@ impl Receiver {
             .route("/ok/{*rest}", axum::routing::any(ok))
             .route("/fail/{*rest}", axum::routing::any(fail))
             .route("/hang/{*rest}", axum::routing::any(hang))
+            .route("/spare/{*rest}", axum::routing::any(spare))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -254,6 +271,12 @@ async fn ok(State(state): State<Arc<ReceiverState>>, body: Bytes) -> StatusCode 
         }
     }
     state.received.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+/// Answers like `ok`, counted apart: the others beside the destinations measured.
+async fn spare(State(state): State<Arc<ReceiverState>>) -> StatusCode {
+    state.unhealthy.fetch_add(1, Ordering::Relaxed);
     StatusCode::OK
 }
 

@@ -65,7 +65,7 @@ async fn main() {
             scenarios::latency(1000, 1000, n(10_000), mode)
         );
         if mode == "on_demand" {
-            run!("failure_mix", scenarios::failure_mix(n(40_000)));
+            run!("failure_mix", scenarios::failure_mix(n(100_000)));
         }
     }
 
