@@ -243,6 +243,84 @@ async fn an_open_circuit_sends_nothing_for_the_cool_down_probes_then_delivers_al
     assert_eq!(metric_sum(&a, "hookstream_circuit_state").await, 0.0);
 }
 
+/// Many attempts of one destination failing at the same moment: each counted failure is
+/// written once, in turn, none lost to a compare-and-set race, and the attempts that come
+/// back after the circuit opened write nothing.
+#[tokio::test]
+async fn simultaneous_failures_open_the_circuit_with_one_write_each_up_to_the_threshold() {
+    const IN_FLIGHT: usize = 32;
+    const THRESHOLD: u32 = 5;
+    let with_circuit = |cfg: &mut hookstream::config::Config| {
+        cfg.flow.circuit_failure_threshold = THRESHOLD;
+        // Nothing happens after the opening within the test's time.
+        cfg.flow.circuit_cooldown_ms = 600_000;
+    };
+    let app = spawn_app_with(with_circuit).await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(503);
+    let id = create_destination(
+        &app,
+        json!({
+            "url": receiver.url("/hook"),
+            "event_types": ["burst.*"],
+            "max_in_flight": IN_FLIGHT,
+            "retry": {"schedule_ms": [60_000], "max_attempts": 2},
+        }),
+    )
+    .await;
+    // Published first, then the destination's backlog is pulled in one batch.
+    let (status, paused) = app
+        .post(&format!("/v1/destinations/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    let ids = ids("burst", IN_FLIGHT);
+    post_all(&[&app], &ids, "burst.failed").await;
+    let (status, resumed) = app
+        .post(&format!("/v1/destinations/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+
+    let failed = receiver.collect(IN_FLIGHT, Duration::from_secs(20)).await;
+    assert_eq!(
+        failed.len(),
+        IN_FLIGHT,
+        "the whole batch was attempted at once"
+    );
+    // Let every attempt's circuit update finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    let bucket = js
+        .get_key_value("hs_circuit")
+        .await
+        .expect("circuit bucket");
+    let entry = bucket
+        .entry(id.as_str())
+        .await
+        .expect("read the circuit")
+        .expect("the destination has a circuit entry");
+    let stored: Value = serde_json::from_slice(&entry.value).expect("circuit JSON");
+    assert_eq!(stored["open"], true, "{stored}");
+    assert_eq!(
+        stored["failures"], THRESHOLD,
+        "failures counted up to the threshold, then none while open: {stored}"
+    );
+    assert_eq!(
+        entry.revision,
+        u64::from(THRESHOLD),
+        "one write per counted failure (the bucket holds only this destination)"
+    );
+    let (_, view) = app.get(&format!("/v1/destinations/{id}")).await;
+    assert_eq!(view["circuit"]["state"], "open", "{view}");
+    assert!(
+        receiver
+            .recv_timeout(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing is sent while the circuit is open"
+    );
+}
+
 #[tokio::test]
 async fn an_ordered_destination_gets_200_events_in_publish_order_through_failures() {
     const EVENTS: usize = 200;
