@@ -298,10 +298,10 @@ pub async fn idle(dests: usize, mode: &str) -> Value {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, hs0) = proc_stats(service.pid());
     let (_, n0) = proc_stats(nats.pid());
-    // Exactly one sweep interval: the window holds one sweep (the only periodic work of
-    // an idle worker) wherever it falls.
-    let window = SWEEP_INTERVAL.as_secs_f64();
-    tokio::time::sleep(SWEEP_INTERVAL).await;
+    // Exactly two sweep intervals: the window holds two sweeps (the only periodic work
+    // of an idle worker) wherever it falls.
+    let window = 2.0 * SWEEP_INTERVAL.as_secs_f64();
+    tokio::time::sleep(2 * SWEEP_INTERVAL).await;
     let (hs_rss, hs1) = proc_stats(service.pid());
     let (nats_rss, n1) = proc_stats(nats.pid());
     let spawned = Instant::now();
