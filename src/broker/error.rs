@@ -3,6 +3,7 @@
 
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerErrorKind {
@@ -54,12 +55,24 @@ impl BrokerError {
     }
 }
 
+/// The JetStream API error in `e`: the error itself, or the one async-nats keeps in the
+/// kind (not the source) of a consumer create/update error.
+fn jetstream_error(e: &(dyn std::error::Error + 'static)) -> Option<async_nats::jetstream::Error> {
+    if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+        return Some(js.clone());
+    }
+    match e.downcast_ref::<ConsumerError>()?.kind() {
+        ConsumerErrorKind::JetStream(js) => Some(js),
+        _ => None,
+    }
+}
+
 /// Walks the source chain: a JetStream API error decides by its code, anything else by
 /// what the client said (timeouts, closed connections, no responders).
 fn classify(err: &(dyn std::error::Error + 'static)) -> BrokerErrorKind {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
-        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+        if let Some(js) = jetstream_error(e) {
             return match js.error_code() {
                 ErrorCode::STREAM_STORE_FAILED
                 | ErrorCode::STORAGE_RESOURCES_EXCEEDED
