@@ -361,12 +361,13 @@ pub async fn latency(dests: usize, rate: usize, total: usize, mode: &str) -> Val
     let latencies = std::mem::take(&mut *receiver.state.latencies_us.lock().await);
     let (p50, p90, p99, max) = percentiles(latencies);
     let accepted = std::mem::take(&mut *accepted_us.lock().expect("not poisoned"));
-    let (a50, _, a99, _) = percentiles(accepted);
+    let (a50, _, a99, amax) = percentiles(accepted);
     json!({
         "destinations": dests, "offered_per_second": rate, "events": total, "mode": mode,
         "complete": done, "p50_ms": p50 as f64 / 1000.0, "p90_ms": p90 as f64 / 1000.0,
         "p99_ms": p99 as f64 / 1000.0, "max_ms": max as f64 / 1000.0,
         "accepted_p50_ms": a50 as f64 / 1000.0, "accepted_p99_ms": a99 as f64 / 1000.0,
+        "accepted_max_ms": amax as f64 / 1000.0,
     })
 }
 

@@ -223,8 +223,14 @@ impl Dispatcher {
                     limit = limit.min(self.deliverer.flow.circuits.policy().probes as usize);
                 }
             }
-            pulls.owed += slot.hint.swap(0, Ordering::AcqRel);
-            if pulls.open.is_none() && pulls.owed > 0 {
+            let announced = slot.hint.swap(0, Ordering::AcqRel);
+            if announced > 0 {
+                pulls.owed += announced;
+                pulls.announced = true;
+            }
+            let recheck_due = pulls.recheck_at.is_none_or(|at| at <= Instant::now());
+            if pulls.open.is_none() && pulls.owed > 0 && recheck_due {
+                pulls.recheck_at = None;
                 let batch = limit.min(self.limits.pull_batch);
                 let free = limit.saturating_sub(in_flight.len()).min(batch);
                 // While draining a backlog, wait until half a batch of slots is free
@@ -258,7 +264,11 @@ impl Dispatcher {
                     }
                 }
             }
-            if pulls.open.is_none() && pulls.owed == 0 && in_flight.is_empty() {
+            if pulls.open.is_none()
+                && pulls.owed == 0
+                && in_flight.is_empty()
+                && pulls.recheck_at.is_none()
+            {
                 return;
             }
             // An open pull that the server keeps (its ack-pending slots are taken, by
@@ -286,6 +296,7 @@ impl Dispatcher {
                             // 404: nothing ready now. What becomes ready later is announced
                             // (a signal per event, a timer per retry, the sweep).
                             pulls.owed = 0;
+                            pulls.recheck_if_announced();
                         }
                     }
                     Some(Reply::Gone) | None => {
@@ -297,6 +308,7 @@ impl Dispatcher {
                 },
                 done = in_flight.join_next(), if !in_flight.is_empty() => self.after(id, done),
                 _ = slot.wake.notified() => {}
+                _ = sleep_until_or_never(pulls.recheck_at) => {}
                 _ = sleep_until_or_never(give_up_at) => {
                     debug!(destination_id = %id, "an open pull is not answered; giving it up");
                     pulls.abandon();
@@ -319,6 +331,7 @@ impl Dispatcher {
         in_flight: &mut JoinSet<Handled>,
     ) {
         let mut permit = None;
+        pulls.got_message();
         if let Some(open) = pulls.open.as_mut() {
             permit = open.permits.split(1);
             open.left = open.left.saturating_sub(1);
@@ -384,18 +397,49 @@ struct OpenPull {
     sent: Instant,
 }
 
+/// Looks again after a pull found nothing although new events were announced, before
+/// the destination goes idle. nats-server tells the signal consumer of a new message
+/// before every filtered consumer has counted it, so a pull sent at once can be answered
+/// "no messages"; measured (`make bench`, 1,000 ev/s over 1,000 destinations): without
+/// these looks an event now and then waited for the destination's next event, ~1 s
+/// there, up to the sweep interval for a quiet destination.
+const RECHECKS: [Duration; 2] = [Duration::from_millis(10), Duration::from_millis(100)];
+
 /// A drain's view of its consumer: messages believed waiting, and its open pull (one at
 /// a time: the next is sent when this one is answered in full or ended).
 #[derive(Default)]
 struct Pulls {
     owed: usize,
     open: Option<OpenPull>,
+    /// Messages were announced since the last one arrived.
+    announced: bool,
+    /// Looks taken since the last message arrived.
+    rechecks: usize,
+    /// When to look again (no pull before).
+    recheck_at: Option<Instant>,
 }
 
 impl Pulls {
-    /// Stops waiting for the open pull; its permits go back to the budget.
+    /// Stops waiting for the open pull (its permits go back to the budget) and for a
+    /// second look.
     fn abandon(&mut self) {
         self.open = None;
+        self.recheck_at = None;
+    }
+
+    fn got_message(&mut self) {
+        self.announced = false;
+        self.rechecks = 0;
+    }
+
+    /// After an empty answer: one more look a little later, while announced messages have
+    /// not come and looks are left.
+    fn recheck_if_announced(&mut self) {
+        if let Some(wait) = RECHECKS.get(self.rechecks).filter(|_| self.announced) {
+            self.rechecks += 1;
+            self.owed = 1;
+            self.recheck_at = Some(Instant::now() + *wait);
+        }
     }
 }
 
