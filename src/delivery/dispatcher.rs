@@ -32,6 +32,9 @@ use crate::flow::circuit::Gate;
 use crate::model::DestinationId;
 use crate::telemetry::metrics as m;
 
+/// How long a drain waits after NATS failed to take or answer a pull.
+const PULL_RETRY: Duration = Duration::from_secs(1);
+
 /// A destination that is being drained.
 struct Slot {
     /// Set by a signal that arrives while the drain task runs: pull once more.
@@ -116,10 +119,7 @@ impl Dispatcher {
         if self.token.is_cancelled() {
             return;
         }
-        let mut active = self
-            .active
-            .lock()
-            .expect("dispatcher lock is never poisoned");
+        let mut active = self.active_lock();
         if let Some(slot) = active.get(destination) {
             slot.hint.fetch_add(messages, Ordering::AcqRel);
             slot.dirty.store(true, Ordering::Release);
@@ -152,10 +152,7 @@ impl Dispatcher {
 
     /// Destinations being drained right now.
     pub fn active_count(&self) -> usize {
-        self.active
-            .lock()
-            .expect("dispatcher lock is never poisoned")
-            .len()
+        self.active_lock().len()
     }
 
     async fn drain(self: Arc<Self>, id: Arc<str>, slot: Arc<Slot>) {
@@ -257,8 +254,7 @@ impl Dispatcher {
                         Err(e) => {
                             warn!(destination_id = %id, error = %e, "pull failed; trying again shortly");
                             drop(permits);
-                            self.finish(id, in_flight).await;
-                            self.signal_at(id, Instant::now() + Duration::from_secs(1));
+                            self.retry_shortly(id, in_flight).await;
                             return;
                         }
                     }
@@ -289,8 +285,7 @@ impl Dispatcher {
                             pulls.open = None;
                             if status == StatusCode::NO_RESPONDERS {
                                 warn!(destination_id = %id, "JetStream did not answer a pull; trying again shortly");
-                                self.finish(id, in_flight).await;
-                                self.signal_at(id, Instant::now() + Duration::from_secs(1));
+                                self.retry_shortly(id, in_flight).await;
                                 return;
                             }
                             // 404: nothing ready now. What becomes ready later is announced
@@ -361,6 +356,13 @@ impl Dispatcher {
             drop(permit);
             work.await
         });
+    }
+
+    /// NATS could not take or answer a pull: let what is in flight finish and come back
+    /// in a second.
+    async fn retry_shortly(&self, id: &Arc<str>, in_flight: &mut JoinSet<Handled>) {
+        self.finish(id, in_flight).await;
+        self.signal_at(id, Instant::now() + PULL_RETRY);
     }
 
     /// Takes the results of deliveries that have finished, without waiting.
