@@ -22,6 +22,7 @@ use super::signer;
 use super::stats::StatsCounters;
 use super::template;
 use crate::broker::names::EventSubject;
+use crate::broker::names::headers::TENANT as TENANT_HEADER;
 use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;
 use crate::dlq::{self, DeadLetter, DlqReason};
@@ -101,8 +102,8 @@ impl Deliverer {
                 self.recheck_unmatched(destination, msg, seq, delivered)
                     .await
             }
-            Err(why) => {
-                self.dead_letter_malformed(destination, msg, seq, &why)
+            Err((reason, why)) => {
+                self.dead_letter_malformed(destination, msg, seq, reason, &why)
                     .await
             }
         }
@@ -138,7 +139,10 @@ impl Deliverer {
                 ack(&msg, AckKind::Ack).await;
                 Handled::Done
             }
-            Err(why) => self.dead_letter_malformed(&fresh, msg, seq, &why).await,
+            Err((reason, why)) => {
+                self.dead_letter_malformed(&fresh, msg, seq, reason, &why)
+                    .await
+            }
         }
     }
 
@@ -148,39 +152,49 @@ impl Deliverer {
         msg: &Message,
         seq: u64,
         delivered: i64,
-    ) -> Result<Option<Incoming>, String> {
+    ) -> Result<Option<Incoming>, (DlqReason, String)> {
+        let malformed = |why: String| (DlqReason::MalformedEvent, why);
+        let mismatch = |why: String| (DlqReason::TenantMismatch, why);
         let envelope: Envelope = serde_json::from_slice(&msg.payload)
-            .map_err(|e| format!("body is not an event envelope: {e}"))?;
+            .map_err(|e| malformed(format!("body is not an event envelope: {e}")))?;
         let subject = self
             .broker
             .subjects
             .parse_event_subject(msg.subject.as_str())
-            .ok_or_else(|| format!("unexpected subject {}", msg.subject))?;
+            .ok_or_else(|| malformed(format!("unexpected subject {}", msg.subject)))?;
         let (subject_type, wanted) = match subject {
             EventSubject::Tenant { tenant, event_type } => {
                 if tenant != envelope.tenant.as_str() {
-                    return Err(format!(
+                    return Err(mismatch(format!(
                         "envelope tenant {} differs from subject tenant {tenant}",
                         envelope.tenant
-                    ));
+                    )));
+                }
+                if let Some(header) = msg.headers.as_ref().and_then(|h| h.get(TENANT_HEADER))
+                    && header.as_str() != tenant
+                {
+                    return Err(mismatch(format!(
+                        "Hs-Tenant {} differs from subject tenant {tenant}",
+                        header.as_str()
+                    )));
                 }
                 (event_type, destination.accepts(event_type))
             }
             EventSubject::Directed { event_type, .. } => {
                 if envelope.tenant != destination.tenant {
-                    return Err(format!(
+                    return Err(mismatch(format!(
                         "event of tenant {} aimed at a destination of tenant {}",
                         envelope.tenant, destination.tenant
-                    ));
+                    )));
                 }
                 (event_type, true)
             }
         };
         if EventType::parse(subject_type).ok().as_ref() != Some(&envelope.event_type) {
-            return Err(format!(
+            return Err(malformed(format!(
                 "envelope type {} differs from subject type {subject_type}",
                 envelope.event_type
-            ));
+            )));
         }
         if !wanted {
             return Ok(None);
@@ -426,12 +440,13 @@ impl Deliverer {
         destination: &Destination,
         msg: Message,
         seq: u64,
+        reason: DlqReason,
         why: &str,
     ) -> Handled {
         let letter = DeadLetter {
             tenant: destination.tenant.as_str(),
             destination_id: destination.id.as_str(),
-            reason: DlqReason::MalformedEvent,
+            reason,
             original_headers: msg.headers.as_ref(),
             body: msg.payload.clone(),
             original_seq: seq,
@@ -443,10 +458,10 @@ impl Deliverer {
         };
         match dlq::publish::publish(&self.broker, letter).await {
             Ok(()) => {
-                warn!(destination_id = %destination.id, seq, error = why, "malformed event dead-lettered");
+                warn!(destination_id = %destination.id, seq, reason = reason.as_str(), error = why, "event dead-lettered undelivered");
                 metrics::counter!(
                     m::DEAD_LETTERED,
-                    "reason" => "malformed_event",
+                    "reason" => reason.as_str(),
                     "destination" => m::destination_label(destination.id.as_str())
                 )
                 .increment(1);
@@ -456,7 +471,7 @@ impl Deliverer {
                 Handled::Done
             }
             Err(e) => {
-                warn!(destination_id = %destination.id, error = %e, "malformed event not dead-lettered; will retry");
+                warn!(destination_id = %destination.id, reason = reason.as_str(), error = %e, "event not dead-lettered; will retry");
                 let delay = Duration::from_secs(5);
                 ack(&msg, AckKind::Nak(Some(delay))).await;
                 Handled::RetryIn(delay)

@@ -19,6 +19,9 @@ pub enum DlqReason {
     Gone,
     /// The message on `HS_EVENTS` is not a valid event envelope.
     MalformedEvent,
+    /// The envelope or `Hs-Tenant` names another tenant than the subject, or a directed
+    /// event is for a destination of another tenant: the subject's tenant is authoritative.
+    TenantMismatch,
 }
 
 impl DlqReason {
@@ -27,6 +30,7 @@ impl DlqReason {
             Self::MaxAttempts => "max_attempts",
             Self::Gone => "gone",
             Self::MalformedEvent => "malformed_event",
+            Self::TenantMismatch => "tenant_mismatch",
         }
     }
 }

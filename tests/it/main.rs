@@ -16,6 +16,7 @@ mod flow;
 mod ingest;
 mod logs;
 mod metrics;
+mod openapi;
 mod replicas;
 mod retry;
 mod scale;
