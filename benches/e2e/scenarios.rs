@@ -69,7 +69,7 @@ async fn create_destinations(base: &str, n: usize, url: impl Fn(usize) -> String
         .await;
 }
 
-fn envelope(i: usize, event_type: &str) -> Vec<u8> {
+pub fn envelope(i: usize, event_type: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "id": format!("e{i}"), "tenant": "default", "type": event_type,
         "source": null, "occurred_at": null, "received_at": "2026-01-01T00:00:00Z",
