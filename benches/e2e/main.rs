@@ -61,7 +61,12 @@ async fn main() {
         );
     }
     run!("ingest", scenarios::ingest(n(20_000)));
-    for mode in ["on_demand", "per_destination"] {
+    // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
+    let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
+    for mode in ["routed", "old"] {
+        if mode == "old" && !old {
+            continue;
+        }
         for (dests, events) in [(1, 20_000), (100, 20_000), (1000, 20_000), (10_000, 20_000)] {
             run!(
                 &format!("drain_{dests}_{mode}"),
@@ -77,7 +82,7 @@ async fn main() {
             &format!("latency_1000_{mode}"),
             scenarios::latency(1000, 1000, n(10_000), mode)
         );
-        if mode == "on_demand" {
+        if mode == "routed" {
             run!("failure_mix", scenarios::failure_mix(n(100_000)));
         }
     }
