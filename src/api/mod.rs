@@ -27,8 +27,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::delivery::registry::Registry;
 use crate::destinations::DestinationStore;
+use crate::destinations::Registry;
 use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::telemetry::metrics as m;
