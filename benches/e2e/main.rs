@@ -5,6 +5,7 @@
 //! Prints a table and writes `target/bench-results.json`. `BENCH_SCALE=2` doubles the
 //! event counts; `BENCH_ONLY=name,name` runs a subset.
 
+mod access;
 mod broker;
 mod harness;
 mod scenarios;
@@ -61,6 +62,10 @@ async fn main() {
         );
     }
     run!("ingest", scenarios::ingest(n(20_000)));
+    run!(
+        "ingest_keyed",
+        access::ingest_with_and_without_key(n(40_000))
+    );
     // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
     let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
     for mode in ["routed", "old"] {
