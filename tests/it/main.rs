@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod replicas;
 mod retry;
+mod routing;
 mod scale;
 mod smoke;
 mod tracing;
