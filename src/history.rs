@@ -138,32 +138,34 @@ pub async fn store_attempt(broker: &Broker, record: &AttemptRecord) -> Result<()
         .map_err(|e| BrokerError::new("awaiting attempt record ack", e))
 }
 
-/// The last attempt record of (event, destination), if it can be read.
-pub async fn last_attempt(
-    broker: &Broker,
-    tenant: &str,
-    event: &str,
-    destination: &str,
-) -> Option<AttemptRecord> {
-    let subject = broker.subjects.attempt(tenant, event, destination);
-    let msg = broker
-        .attempts
-        .direct_get_last_for_subject(subject)
-        .await
-        .ok()?;
-    serde_json::from_slice(&msg.payload).ok()
+/// Which attempt record of an (event, destination) pair to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    First,
+    Last,
 }
 
-/// The first attempt record of (event, destination), if it can be read.
-pub async fn first_attempt(
+/// The first or last attempt record of (event, destination), if it can be read.
+pub async fn attempt_of(
     broker: &Broker,
+    which: Which,
     tenant: &str,
     event: &str,
     destination: &str,
 ) -> Option<AttemptRecord> {
     let subject = broker.subjects.attempt(tenant, event, destination);
-    first_attempt_matching(broker, &subject)
-        .await
-        .ok()
-        .flatten()
+    match which {
+        Which::First => first_attempt_matching(broker, &subject)
+            .await
+            .ok()
+            .flatten(),
+        Which::Last => {
+            let msg = broker
+                .attempts
+                .direct_get_last_for_subject(subject)
+                .await
+                .ok()?;
+            serde_json::from_slice(&msg.payload).ok()
+        }
+    }
 }

@@ -236,6 +236,11 @@ pub enum EventSubject<'a> {
 
 /// `dest_<destination_id>`: the durable consumer of one destination.
 pub fn consumer_name(destination: &DestinationId) -> String {
+    consumer_name_of(destination.as_str())
+}
+
+/// The same, from an id already known to be valid (e.g. a span attribute).
+pub fn consumer_name_of(destination: &str) -> String {
     format!("dest_{destination}")
 }
 
