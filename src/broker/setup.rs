@@ -272,6 +272,8 @@ pub fn delivery_stream(cfg: &Config, subjects: &Subjects, shard: u32) -> stream:
         subjects: vec![subjects.delivery_shard_wildcard(shard)],
         retention: RetentionPolicy::WorkQueue,
         storage: StorageType::File,
+        // A delivery lives no longer than its event would on HS_EVENTS.
+        max_age: Duration::from_secs(cfg.events.max_age_secs),
         max_bytes: cfg.events.delivery_max_bytes,
         // Full means full: the router keeps the event and tries again.
         discard: DiscardPolicy::New,
