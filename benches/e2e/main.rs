@@ -7,6 +7,7 @@
 
 mod broker;
 mod harness;
+mod routing;
 mod scenarios;
 
 use std::time::Instant;
@@ -61,6 +62,12 @@ async fn main() {
         );
     }
     run!("ingest", scenarios::ingest(n(20_000)));
+    for (fanout, events) in [(1, 20_000), (10, 10_000), (100, 2_000)] {
+        run!(
+            &format!("route_fanout_{fanout}"),
+            routing::route(fanout, n(events))
+        );
+    }
     // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
     let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
     for mode in ["routed", "old"] {

@@ -41,7 +41,12 @@ fn mode_env(mode: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Destinations `0..n`, destination `i` subscribed to `bench.d<i>`, created 64 at a time.
-async fn create_destinations(base: &str, n: usize, url: impl Fn(usize) -> String, extra: Value) {
+pub async fn create_destinations(
+    base: &str,
+    n: usize,
+    url: impl Fn(usize) -> String,
+    extra: Value,
+) {
     let client = reqwest::Client::new();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -89,7 +94,7 @@ pub fn envelope(i: usize, event_type: &str) -> Vec<u8> {
 }
 
 /// Publishes `total` events straight to JetStream, event `i` for destination `i % dests`.
-async fn preload(nats_url: &str, total: usize, dests: usize) {
+pub async fn preload(nats_url: &str, total: usize, dests: usize) {
     let client = async_nats::connect(nats_url).await.expect("connect");
     preload_stream(&jetstream::new(client), total, dests).await;
 }
@@ -550,6 +555,50 @@ pub fn summarise(results: &[(String, Value)]) -> String {
         }
     }
     let one = fig("drain_1_routed", "per_second");
+    rows.push((
+        "drain 1 dest: routed / old layout".into(),
+        pct(one, fig("drain_1_old", "per_second")),
+        " %",
+    ));
+    for d in [1, 100, 1000, 10000] {
+        rows.push((
+            format!("[routed] drain {d}: nats-server CPU s per 100k"),
+            fig(&format!("drain_{d}_routed"), "nats_cpu_s_per_100k"),
+            "",
+        ));
+    }
+    for f in [1, 10, 100] {
+        rows.push((
+            format!("router, fan-out {f}: events/s"),
+            fig(&format!("route_fanout_{f}"), "events_per_second"),
+            "",
+        ));
+    }
+    for k in [1, 4, 16, 32] {
+        let name = format!("shard_fanout_1000_{k}s");
+        rows.push((
+            format!("broker limit, 1000 consumers on {k} shard(s), msg/s"),
+            fig(&name, "per_second"),
+            "",
+        ));
+        rows.push((
+            format!("broker limit, {k} shard(s): nats CPU s per 100k"),
+            fig(&name, "nats_cpu_s_per_100k"),
+            "",
+        ));
+    }
+    rows.push((
+        "bytes stored per delivery (shard)".into(),
+        fig("shard_fanout_1000_32s", "bytes_stored_per_delivery"),
+        "",
+    ));
+    for idle in [0, 100, 1000, 10000] {
+        rows.push((
+            format!("WorkQueue acks/s beside {idle} idle consumers"),
+            fig(&format!("ack_cost_{idle}"), "acked_per_second"),
+            "",
+        ));
+    }
     for filters in [1, 2] {
         let rate = fig(&format!("raw_fanout_1000_{filters}f"), "per_second");
         rows.push((

@@ -129,6 +129,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
 
 /// `?limit=` and `?cursor=` of list routes.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// At most this many items (1 to 1000, default 100).
     pub limit: Option<usize>,

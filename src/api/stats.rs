@@ -44,7 +44,7 @@ pub struct StatsList {
 }
 
 /// Delivery counters and backlog per destination, paged like the destination list.
-#[utoipa::path(get, path = "/v1/stats", params(Page), responses((status = 200, body = StatsList)))]
+#[utoipa::path(get, path = "/v1/stats", operation_id = "get_stats", tag = "stats", params(Page), responses((status = 200, body = StatsList)))]
 pub async fn stats(
     State(state): State<AppState>,
     access: Access,

@@ -13,24 +13,22 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, warn};
 
 use super::dead_letter;
-use super::retry::{self, Next};
+use super::outcome::{self, Outcome};
+use super::request;
 use super::sender::{self, Sender};
-use super::signer;
 use super::stats::StatsCounters;
-use super::template;
+use crate::broker::Broker;
 use crate::broker::consumers::ConsumerPolicy;
 use crate::broker::names::headers as h;
-use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;
 use crate::dlq::{DeadLetter, DlqReason};
 use crate::flow::{self, Admission, Flow};
-use crate::model::{AttemptOutcome, AttemptRecord, BodyMode, Destination, Envelope, HttpMethod};
+use crate::history;
+use crate::model::{AttemptOutcome, AttemptRecord, Destination, Envelope};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -196,35 +194,25 @@ impl Deliverer {
             self.flow
                 .settle(destination, flow::verdict(response.status))
                 .await;
-            if response.is_success() {
-                self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
-                    .await;
-                ack(&msg, AckKind::Ack).await;
-                spans::record_outcome(&Span::current(), "delivered", None);
-                return Handled::Done;
-            }
-            if response.status == Some(410) {
-                return self
-                    .give_up(destination, &msg, &event, &tried, DlqReason::Gone)
-                    .await;
-            }
-            // Retry-After means "not before" only on 429 and 503 (RFC 9110).
-            let retry_after = response
-                .retry_after
-                .filter(|_| matches!(response.status, Some(429 | 503)));
-            let next = retry::after_failure(
+            let delay = match outcome::after_attempt(
+                response,
                 &destination.retry,
                 number,
-                retry_after,
                 self.retry_after_cap,
-            );
-            let delay = match next {
-                Next::GiveUp => {
+            ) {
+                Outcome::Delivered => {
+                    self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
+                        .await;
+                    ack(&msg, AckKind::Ack).await;
+                    spans::record_outcome(&Span::current(), "delivered", None);
+                    return Handled::Done;
+                }
+                Outcome::GiveUp(reason) => {
                     return self
-                        .give_up(destination, &msg, &event, &tried, DlqReason::MaxAttempts)
+                        .give_up(destination, &msg, &event, &tried, reason)
                         .await;
                 }
-                Next::RetryAfter(delay) => delay,
+                Outcome::RetryIn(delay) => delay,
             };
             let next_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             self.record(
@@ -265,7 +253,7 @@ impl Deliverer {
     ) -> Tried {
         let started_at = Utc::now();
         let span = spans::attempt(
-            method_name(destination.method),
+            request::method_name(destination.method),
             event.envelope.id.as_str(),
             destination.id.as_str(),
             number,
@@ -276,9 +264,10 @@ impl Deliverer {
         let traceparent = own
             .as_deref()
             .or_else(|| propagation::nats_traceparent(msg.headers.as_ref()));
-        let request = build_request(
+        let request = request::build(
             destination,
-            event,
+            &event.envelope,
+            &event.body,
             number,
             started_at.timestamp(),
             traceparent,
@@ -460,35 +449,7 @@ impl Deliverer {
             next_attempt_at,
             stream_seq: event.seq,
         };
-        let subject = self.broker.subjects.attempt(
-            event.envelope.tenant.as_str(),
-            event.envelope.id.as_str(),
-            destination.id.as_str(),
-        );
-        let payload: Bytes = serde_json::to_vec(&record)
-            .expect("attempt record serialises")
-            .into();
-        if outcome == AttemptOutcome::Delivered {
-            // History only: nothing counts from a success record, so it is published
-            // without waiting for the stream's ack (JetStream still stores it). This saves a
-            // round trip per delivery; a record lost to a NATS outage costs history, not
-            // delivery.
-            if let Err(e) = self.broker.client.publish(subject, payload).await {
-                warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "attempt record not sent");
-            }
-            return;
-        }
-        let stored = async {
-            self.broker
-                .js
-                .publish(subject, payload)
-                .await
-                .map_err(|e| BrokerError::new("publishing attempt record", e))?
-                .await
-                .map_err(|e| BrokerError::new("awaiting attempt record ack", e))
-        }
-        .await;
-        if let Err(e) = stored {
+        if let Err(e) = history::store_attempt(&self.broker, &record).await {
             warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "attempt record not stored");
         }
     }
@@ -498,18 +459,13 @@ impl Deliverer {
         event: &Incoming,
         destination: &Destination,
     ) -> Option<AttemptRecord> {
-        let subject = self.broker.subjects.attempt(
+        history::last_attempt(
+            &self.broker,
             event.envelope.tenant.as_str(),
             event.envelope.id.as_str(),
             destination.id.as_str(),
-        );
-        let msg = self
-            .broker
-            .attempts
-            .direct_get_last_for_subject(subject)
-            .await
-            .ok()?;
-        serde_json::from_slice(&msg.payload).ok()
+        )
+        .await
     }
 
     async fn first_attempt_at(
@@ -517,95 +473,15 @@ impl Deliverer {
         event: &Incoming,
         destination: &Destination,
     ) -> Option<DateTime<Utc>> {
-        let subject = self.broker.subjects.attempt(
+        let record = history::first_attempt(
+            &self.broker,
             event.envelope.tenant.as_str(),
             event.envelope.id.as_str(),
             destination.id.as_str(),
-        );
-        let msg = self
-            .broker
-            .attempts
-            .direct_get_first_for_subject(subject)
-            .await
-            .ok()?;
-        let record: AttemptRecord = serde_json::from_slice(&msg.payload).ok()?;
+        )
+        .await?;
         (record.stream_seq == event.seq).then_some(record.started_at)
     }
-}
-
-fn method_name(method: HttpMethod) -> &'static str {
-    match method {
-        HttpMethod::Get => "GET",
-        HttpMethod::Put => "PUT",
-        HttpMethod::Post => "POST",
-    }
-}
-
-/// The signed request of attempt `number`.
-fn build_request(
-    destination: &Destination,
-    event: &Incoming,
-    number: u32,
-    timestamp: i64,
-    traceparent: Option<&str>,
-) -> Result<sender::Request, String> {
-    let id = event.envelope.id.as_str();
-    let (method, url, body) = match destination.method {
-        HttpMethod::Get => {
-            let data: serde_json::Value = serde_json::from_str(event.envelope.data.get())
-                .map_err(|e| format!("data is not JSON: {e}"))?;
-            (Method::GET, template::fill(&destination.url, &data), None)
-        }
-        m => {
-            let body = match destination.body {
-                BodyMode::Envelope => event.body.clone(),
-                BodyMode::Data => Bytes::copy_from_slice(event.envelope.data.get().as_bytes()),
-            };
-            let method = if m == HttpMethod::Put {
-                Method::PUT
-            } else {
-                Method::POST
-            };
-            (method, destination.url.clone(), Some(body))
-        }
-    };
-    let now = Utc::now();
-    let keys = destination
-        .secrets
-        .iter()
-        .filter(|s| s.is_active(now))
-        .map(|s| &s.key);
-    let signature = signer::signature_header(keys, id, timestamp, body.as_deref().unwrap_or(b""));
-
-    let mut headers = HeaderMap::with_capacity(destination.headers.len() + 8);
-    for (name, value) in &destination.headers {
-        // Validated when the destination was saved.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("bad header value: {e}"));
-    if body.is_some() {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
-    headers.insert("webhook-id", value(id)?);
-    headers.insert("webhook-timestamp", value(&timestamp.to_string())?);
-    headers.insert("webhook-signature", value(&signature)?);
-    headers.insert("hs-event-type", value(event.envelope.event_type.as_str())?);
-    headers.insert("hs-attempt", value(&number.to_string())?);
-    if let Some(tp) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
-        headers.insert("traceparent", tp);
-    }
-    Ok(sender::Request {
-        method,
-        url,
-        headers,
-        body,
-        timeout: Duration::from_millis(destination.timeout_ms),
-    })
 }
 
 /// Runs `work`, telling the server "still working" every half ack wait so that a slow

@@ -1,9 +1,11 @@
 //! Delivery: workers that pull from destination consumers and send signed webhooks.
 //!
 //! - `dispatcher` drains destinations that have work, `attempt` handles one message,
+//!   `outcome` decides what an answer leads to, `request` builds the signed request,
 //! - `backlog` scans the delivery shards for destinations with deliveries waiting,
 //! - `dead_letter` is the one path that stores and counts a dead letter,
-//! - `sender`, `signer`, `retry`, `template` are the HTTP side,
+//! - `sender`, `signer`, `retry`, `template` are the HTTP side; attempt records are kept
+//!   by `history`,
 //! - `stats` sums delivery counters across replicas.
 //!
 //! Work is announced by the router's doorbell (`broker/doorbell.rs`), by this worker's own
@@ -14,6 +16,8 @@ pub mod attempt;
 pub mod backlog;
 pub mod dead_letter;
 pub mod dispatcher;
+pub mod outcome;
+pub mod request;
 pub mod retry;
 pub mod sender;
 pub mod signer;

@@ -7,18 +7,6 @@ use crate::model::{Destination, RetryPolicy};
 
 pub const MAX_EVENT_TYPES: usize = 64;
 pub const MAX_HEADERS: usize = 32;
-const RESERVED_HEADERS: [&str; 10] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    "content-length",
-    "host",
-    "user-agent",
-    "hs-event-type",
-    "hs-attempt",
-    "traceparent",
-];
 
 pub fn check(ssrf: &SsrfPolicy, d: &Destination) -> Result<(), DestinationError> {
     let bad = |m: String| Err(DestinationError::Invalid(m));
@@ -50,7 +38,7 @@ pub fn check(ssrf: &SsrfPolicy, d: &Destination) -> Result<(), DestinationError>
         {
             return bad(format!("header {name:?} is not a valid HTTP header"));
         }
-        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        if crate::model::webhook::RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
             return bad(format!("header {name:?} is set by hookstream"));
         }
     }

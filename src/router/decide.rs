@@ -116,3 +116,96 @@ pub fn decide(
         event_type: envelope.event_type.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn registry() -> Registry {
+        let registry = Registry::default();
+        for (id, tenant, patterns) in [("d1", "acme", vec!["order.*"]), ("d2", "other", vec![">"])]
+        {
+            let destination = serde_json::from_value(json!({
+                "id": id, "tenant": tenant, "url": "http://example.com/", "method": "POST",
+                "event_types": patterns, "body": "envelope", "headers": {},
+                "rate_limit": null, "max_in_flight": 1, "timeout_ms": 1000,
+                "retry": {"schedule_ms": [], "max_attempts": 1}, "ordered": false,
+                "enabled": true, "secrets": [],
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            }))
+            .expect("destination");
+            registry.upsert(destination, 1);
+        }
+        registry
+    }
+
+    fn envelope(tenant: &str, event_type: &str) -> Vec<u8> {
+        json!({"id": "e1", "tenant": tenant, "type": event_type,
+            "received_at": "2026-01-01T00:00:00Z", "data": {}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn run(subject: &str, payload: &[u8]) -> Decision {
+        decide(&Subjects::new("hs"), &registry(), subject, None, payload)
+    }
+
+    fn reason(d: Decision) -> Option<DlqReason> {
+        match d {
+            Decision::DeadLetter { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_matching_event_goes_to_its_destinations_only() {
+        match run(
+            "hs.ev.acme.order.created",
+            &envelope("acme", "order.created"),
+        ) {
+            Decision::Deliver { destinations, .. } => {
+                assert_eq!(destinations, vec![Arc::<str>::from("d1")])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            run("hs.ev.acme.invoice.paid", &envelope("acme", "invoice.paid")),
+            Decision::Nobody
+        );
+        assert_eq!(
+            run("hs.to.nope.order.x", &envelope("acme", "order.x")),
+            Decision::Nobody
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_dead_lettered_with_their_reason() {
+        assert_eq!(
+            reason(run("hs.ev.acme.order.created", b"not json")),
+            Some(DlqReason::MalformedEvent)
+        );
+        assert_eq!(
+            reason(run(
+                "hs.ev.acme.order.created",
+                &envelope("other", "order.created")
+            )),
+            Some(DlqReason::TenantMismatch)
+        );
+        assert_eq!(
+            reason(run(
+                "hs.ev.acme.order.created",
+                &envelope("acme", "order.deleted")
+            )),
+            Some(DlqReason::MalformedEvent)
+        );
+        // Aimed at a destination of another tenant.
+        assert_eq!(
+            reason(run(
+                "hs.to.d2.order.created",
+                &envelope("acme", "order.created")
+            )),
+            Some(DlqReason::TenantMismatch)
+        );
+    }
+}
