@@ -14,11 +14,13 @@
 //!   replicas through KV.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
 //! - [`history`]: events and their attempt records, for the API.
+//! - [`access`]: API keys, roles and the open-mode policy; checked by `api::access`.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
 //! - [`cli`]: `hookstream dlq …`, a client of a running service's HTTP API.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod broker;

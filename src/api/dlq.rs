@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::access::Access;
 use super::json::{ApiJson, parse};
 use super::{AppState, bad_request};
 use crate::dlq::purge::{self, PurgeReport, PurgeRequest};
@@ -46,7 +47,7 @@ pub struct DeadLetterView {
     /// Null when the body is not an event envelope (`malformed_event`).
     pub event_id: Option<String>,
     pub event_type: Option<String>,
-    /// `max_attempts`, `gone` or `malformed_event`.
+    /// `max_attempts`, `gone`, `malformed_event` or `tenant_mismatch`.
     pub reason: Option<String>,
     pub attempts: Option<u32>,
     pub last_status: Option<u16>,
@@ -102,6 +103,7 @@ pub enum ListOrder {
 
 /// Query of `GET /v1/dlq`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub tenant: Option<String>,
@@ -130,7 +132,7 @@ pub struct DeadLetterList {
 }
 
 fn selection(
-    tenant: Option<String>,
+    tenant: Option<TenantId>,
     destination_id: Option<String>,
     event_type: Option<String>,
     since: Option<DateTime<Utc>>,
@@ -142,10 +144,7 @@ fn selection(
         return Err(ApiError::Invalid("since is after until".into()));
     }
     Ok(Selection {
-        tenant: tenant
-            .map(TenantId::parse)
-            .transpose()
-            .map_err(bad_request)?,
+        tenant,
         destination: destination_id
             .map(DestinationId::parse)
             .transpose()
@@ -164,13 +163,15 @@ fn cursor(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
 }
 
 /// Dead letters, newest or oldest first, filtered and paged.
-#[utoipa::path(get, path = "/v1/dlq", params(ListQuery),
+#[utoipa::path(get, path = "/v1/dlq", operation_id = "list_dead_letters", tag = "dead-letters", params(ListQuery),
     responses((status = 200, body = DeadLetterList), (status = 400)))]
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<axum::Json<DeadLetterList>, ApiError> {
     let Query(q) = query.map_err(bad_request)?;
+    let tenant = access.scope_text(q.tenant.as_deref())?;
     let limit = match q.limit {
         None => 100,
         Some(n @ 1..=1000) => n,
@@ -180,7 +181,7 @@ pub async fn list(
         ListOrder::Oldest => Order::Oldest,
         ListOrder::Newest => Order::Newest,
     };
-    let selection = selection(q.tenant, q.destination_id, q.event_type, q.since, q.until)?;
+    let selection = selection(tenant, q.destination_id, q.event_type, q.since, q.until)?;
     let page = browse::list(
         &state.broker,
         &selection,
@@ -205,27 +206,45 @@ fn dead_letter_id(raw: &str) -> Result<u64, ApiError> {
 }
 
 /// One dead letter with its event.
-#[utoipa::path(get, path = "/v1/dlq/{id}",
+#[utoipa::path(get, path = "/v1/dlq/{id}", operation_id = "get_dead_letter", tag = "dead-letters",
     responses((status = 200, body = DeadLetterView), (status = 404)))]
 pub async fn read(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeadLetterView>, ApiError> {
     let id = dead_letter_id(&id)?;
-    let letter = browse::get(&state.broker, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("dead letter {id} not found")))?;
+    let letter = owned_letter(&state, &access, id).await?;
     Ok(axum::Json(DeadLetterView::from_letter(letter, true)))
 }
 
+/// The dead letter, if it exists and is the key's: another tenant's is "not found" too.
+async fn owned_letter(
+    state: &AppState,
+    access: &Access,
+    id: u64,
+) -> Result<StoredDeadLetter, ApiError> {
+    browse::get(&state.broker, id)
+        .await?
+        .filter(|l| access.owns(&l.tenant))
+        .ok_or_else(|| ApiError::NotFound(format!("dead letter {id} not found")))
+}
+
 /// Delete one dead letter without sending it.
-#[utoipa::path(delete, path = "/v1/dlq/{id}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/v1/dlq/{id}", operation_id = "delete_dead_letter", tag = "dead-letters",
+    responses((status = 204), (status = 404)))]
 pub async fn remove(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = dead_letter_id(&id)?;
+    let tenant = match access.tenant() {
+        Some(_) => owned_letter(&state, &access, id).await?.tenant,
+        None => "*".to_string(),
+    };
     purge::delete_one(&state.broker, id).await?;
+    access.audit("dead_letter.delete", &tenant, &id.to_string());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -260,7 +279,12 @@ impl DeadLetterSelection {
             || self.until.is_some()
     }
 
-    fn into_parts(self) -> Result<(Target, Option<Cursor>, usize, bool), ApiError> {
+    /// The target, cursor, limit and dry-run flag, with the tenant held to the key's.
+    fn into_parts(
+        self,
+        access: &Access,
+    ) -> Result<(Target, Option<Cursor>, usize, bool), ApiError> {
+        let tenant = access.scope_text(self.tenant.as_deref())?;
         let limit = match self.limit {
             None => DEFAULT_BATCH,
             Some(n @ 1..=MAX_BATCH) => n,
@@ -288,7 +312,7 @@ impl DeadLetterSelection {
             }
             Some(ids) => Target::Ids(ids),
             None => Target::Filter(selection(
-                self.tenant,
+                tenant,
                 self.destination_id,
                 self.event_type,
                 self.since,
@@ -398,7 +422,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
 }
 
 /// Re-publish dead letters to their destination only, then remove them from `HS_DLQ`.
-#[utoipa::path(post, path = "/v1/dlq/replay", request_body = ReplayBody,
+#[utoipa::path(post, path = "/v1/dlq/replay", operation_id = "replay_dead_letters", tag = "dead-letters", request_body = ReplayBody,
     responses(
         (status = 200, body = ReplayAnswer),
         (status = 400, description = "Bad filter, ids with filters, bad cursor"),
@@ -406,15 +430,17 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     ))]
 pub async fn replay(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> Result<axum::Json<ReplayAnswer>, ApiError> {
     let enable_destination = body.enable_destination;
-    let (target, cursor, limit, dry_run) = body.selection().into_parts()?;
+    let (target, cursor, limit, dry_run) = body.selection().into_parts(&access)?;
     let report = replay::replay(
         &state.broker,
         &state.destinations,
         ReplayRequest {
             target,
+            tenant: access.tenant().cloned(),
             cursor,
             limit,
             enable_destination,
@@ -422,6 +448,13 @@ pub async fn replay(
         },
     )
     .await?;
+    if !dry_run {
+        access.audit(
+            "dead_letter.replay",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{} replayed", report.replayed),
+        );
+    }
     Ok(axum::Json(ReplayAnswer::new(report, dry_run)))
 }
 
@@ -448,10 +481,11 @@ impl PurgeAnswer {
 }
 
 /// Remove dead letters without sending them: `ids`, or at least one filter.
-#[utoipa::path(post, path = "/v1/dlq/purge", request_body = DeadLetterSelection,
+#[utoipa::path(post, path = "/v1/dlq/purge", operation_id = "purge_dead_letters", tag = "dead-letters", request_body = DeadLetterSelection,
     responses((status = 200, body = PurgeAnswer), (status = 400)))]
 pub async fn purge(
     State(state): State<AppState>,
+    access: Access,
     body: Bytes,
 ) -> Result<axum::Json<PurgeAnswer>, ApiError> {
     let request: DeadLetterSelection = optional_body(&body)?;
@@ -462,16 +496,24 @@ pub async fn purge(
                 .into(),
         ));
     }
-    let (target, cursor, limit, dry_run) = request.into_parts()?;
+    let (target, cursor, limit, dry_run) = request.into_parts(&access)?;
     let report = purge::purge(
         &state.broker,
         PurgeRequest {
             target,
+            tenant: access.tenant().cloned(),
             cursor,
             limit,
             dry_run,
         },
     )
     .await?;
+    if !dry_run {
+        access.audit(
+            "dead_letter.purge",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{} purged", report.purged),
+        );
+    }
     Ok(axum::Json(PurgeAnswer::new(report, dry_run)))
 }

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::Access;
 use super::json::{ApiJson, parse};
 use crate::error::ApiError;
 use crate::flow::circuit::Gate;
@@ -70,7 +71,7 @@ fn accepted_response(accepted: Accepted) -> Response {
 }
 
 /// Ingest one event.
-#[utoipa::path(post, path = "/v1/events", request_body = NewEvent,
+#[utoipa::path(post, path = "/v1/events", operation_id = "ingest_event", tag = "events", request_body = NewEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe for 24 h")),
     responses(
         (status = 202, description = "Accepted: stored durably", body = Accepted),
@@ -78,13 +79,17 @@ fn accepted_response(accepted: Accepted) -> Response {
         (status = 400, description = "Invalid JSON or event"),
         (status = 413, description = "Body over the limit"),
         (status = 415, description = "Not application/json"),
+        (status = 409, description = "The event id is used by another tenant"),
+        (status = 429, description = "The tenant is over its ingest rate limit; see Retry-After"),
         (status = 503, description = "NATS down or stream full; see Retry-After"),
     ))]
 pub async fn post_event(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
-    ApiJson(event): ApiJson<NewEvent>,
+    ApiJson(mut event): ApiJson<NewEvent>,
 ) -> Result<Response, ApiError> {
+    event.tenant = access.scope(event.tenant.take())?;
     let key = idempotency_key(&headers)?;
     let accepted = state
         .ingestor
@@ -113,15 +118,23 @@ pub struct BatchItem {
     pub error: Option<serde_json::Value>,
 }
 
+/// The answer to a batch: one result per item, in the request's order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchItem>,
+}
+
 /// Ingest up to `events.max_batch` events; each item is accepted or refused on its own,
 /// except that the whole batch answers 503 when NATS stored none of it.
-#[utoipa::path(post, path = "/v1/events/batch", request_body = BatchRequest,
+#[utoipa::path(post, path = "/v1/events/batch", operation_id = "ingest_batch", tag = "events", request_body = BatchRequest,
     responses(
-        (status = 200, description = "One result per item, in order", body = Vec<BatchItem>),
+        (status = 200, description = "One result per item, in order", body = BatchAnswer),
+        (status = 429, description = "The tenant is over its ingest rate limit; see Retry-After"),
         (status = 503, description = "NATS down or stream full and no item stored; see Retry-After"),
     ))]
 pub async fn post_batch(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
@@ -140,11 +153,13 @@ pub async fn post_batch(
         futures::stream::iter(batch.events.into_iter().zip(turns).enumerate())
             .map(|(i, (raw, turn))| {
                 let state = state.clone();
+                let access = access.clone();
                 let trace = trace.clone();
                 // A batch-level key makes each item's key `<key>/<index>`.
                 let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
                 async move {
-                    let event: NewEvent = parse(raw.get().as_bytes())?;
+                    let mut event: NewEvent = parse(raw.get().as_bytes())?;
+                    event.tenant = access.scope(event.tenant.take())?;
                     Ok(state
                         .ingestor
                         .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
@@ -157,11 +172,7 @@ pub async fn post_batch(
             .await;
     let outcomes = refuse_whole_batch_if_nothing_stored(outcomes)?;
     let results: Vec<BatchItem> = outcomes.into_iter().map(batch_item).collect();
-    Ok((
-        StatusCode::OK,
-        axum::Json(serde_json::json!({ "results": results })),
-    )
-        .into_response())
+    Ok((StatusCode::OK, axum::Json(BatchAnswer { results })).into_response())
 }
 
 /// When NATS is down or the stream full and no item was stored, the batch as a whole
@@ -228,17 +239,28 @@ fn event_id(raw: &str) -> Result<EventId, ApiError> {
     EventId::parse(raw).map_err(|_| ApiError::NotFound(format!("event {raw} not found")))
 }
 
+/// The event, if it exists and is the key's to see: another tenant's is "not found" too.
+async fn owned_event(
+    state: &AppState,
+    access: &Access,
+    id: &EventId,
+) -> Result<history::StoredEvent, ApiError> {
+    history::find_event(&state.broker, id)
+        .await?
+        .filter(|stored| access.owns(&stored.tenant))
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))
+}
+
 /// The event and its delivery status per destination.
-#[utoipa::path(get, path = "/v1/events/{id}",
+#[utoipa::path(get, path = "/v1/events/{id}", operation_id = "get_event", tag = "events",
     responses((status = 200, body = EventView), (status = 404, description = "Unknown id")))]
 pub async fn get_event(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<EventView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = history::find_event(&state.broker, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let stored = owned_event(&state, &access, &id).await?;
     let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
     let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
     for a in attempts {
@@ -342,16 +364,15 @@ pub struct AttemptsView {
 }
 
 /// Every attempt of the event, per destination, oldest first.
-#[utoipa::path(get, path = "/v1/events/{id}/attempts",
+#[utoipa::path(get, path = "/v1/events/{id}/attempts", operation_id = "list_event_attempts", tag = "events",
     responses((status = 200, body = AttemptsView), (status = 404, description = "Unknown id")))]
 pub async fn get_attempts(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<AttemptsView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = history::find_event(&state.broker, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let stored = owned_event(&state, &access, &id).await?;
     let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
     for a in history::attempts_of(&state.broker, &stored.tenant, &id).await? {
         per_destination
@@ -394,7 +415,7 @@ pub struct ResendAnswer {
 }
 
 /// Send an event again (same `webhook-id`, fresh attempts) while it is on `HS_EVENTS`.
-#[utoipa::path(post, path = "/v1/events/{id}/resend", request_body = Option<ResendBody>,
+#[utoipa::path(post, path = "/v1/events/{id}/resend", operation_id = "resend_event", tag = "events", request_body = Option<ResendBody>,
     responses(
         (status = 202, body = ResendAnswer),
         (status = 404, description = "Unknown event, or destination not of its tenant"),
@@ -403,6 +424,7 @@ pub struct ResendAnswer {
     ))]
 pub async fn resend(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -416,9 +438,17 @@ pub async fn resend(
         &state.broker,
         &state.destinations,
         &id,
+        access.tenant(),
         request.destination_id.as_ref(),
     )
     .await?;
+    for r in &resent {
+        access.audit(
+            "event.resend",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{id} -> {}", r.destination_id),
+        );
+    }
     let answer = ResendAnswer {
         event_id: id.to_string(),
         resent: resent

@@ -12,6 +12,8 @@ pub const DESTINATIONS_BUCKET: &str = "hs_destinations";
 pub const IDEMPOTENCY_BUCKET: &str = "hs_idempotency";
 pub const RATELIMIT_BUCKET: &str = "hs_ratelimit";
 pub const CIRCUIT_BUCKET: &str = "hs_circuit";
+/// API keys: id → tenant, role, name and the key's SHA-256 (never the key).
+pub const API_KEYS_BUCKET: &str = "hs_api_keys";
 
 // --- Routing (docs/adr/0010): the router consumer and the delivery shards. ---
 /// The one durable consumer on `HS_EVENTS` (no filter) that routes every event.

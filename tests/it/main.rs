@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access;
 mod bad_input;
 mod cluster;
 mod crash;
@@ -15,6 +16,7 @@ mod flow;
 mod ingest;
 mod logs;
 mod metrics;
+mod openapi;
 mod replicas;
 mod retry;
 mod routing;
