@@ -10,6 +10,7 @@ use tracing::error;
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::destinations::DestinationError;
 use crate::dlq::DlqError;
+use crate::files::FilesError;
 use crate::ingest::IngestError;
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +182,18 @@ impl From<DlqError> for ApiError {
             DlqError::Conflict(m) => Self::Conflict(m),
             DlqError::Destination(d) => d.into(),
             DlqError::Broker(b) => b.into(),
+        }
+    }
+}
+
+impl From<FilesError> for ApiError {
+    fn from(e: FilesError) -> Self {
+        match e {
+            FilesError::Invalid(m) => Self::Invalid(m),
+            FilesError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
+            FilesError::Body(_) => Self::Invalid(e.to_string()),
+            FilesError::Broker(b) => b.into(),
+            other => Self::Internal(Box::new(other)),
         }
     }
 }

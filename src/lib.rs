@@ -11,6 +11,8 @@
 //! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
 //!   replicas through KV.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
+//! - [`files`]: files in, events out: uploads and the watched folder, one event per
+//!   line through crashes.
 //! - [`history`]: events and their attempt records, for the API.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
 //! - [`telemetry`]: logs and metrics.
@@ -26,6 +28,7 @@ pub mod delivery;
 pub mod destinations;
 pub mod dlq;
 pub mod error;
+pub mod files;
 pub mod flow;
 pub mod history;
 pub mod ingest;

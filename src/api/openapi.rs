@@ -5,7 +5,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 
 use super::AppState;
-use super::{destinations, dlq, events, health, stats};
+use super::{destinations, dlq, events, health, stats, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,10 @@ use super::{destinations, dlq, events, health, stats};
         health::healthz,
         health::readyz,
         health::metrics,
+        uploads::create,
+        uploads::read,
+        uploads::list,
+        uploads::errors,
     ),
     components(schemas(
         crate::model::NewEvent,
@@ -63,6 +67,12 @@ use super::{destinations, dlq, events, health, stats};
         dlq::PurgeAnswer,
         dlq::SkippedView,
         stats::StatsList,
+        uploads::UploadAccepted,
+        uploads::UploadView,
+        uploads::UploadList,
+        uploads::UploadErrors,
+        crate::files::RejectedLine,
+        crate::files::Status,
     ))
 )]
 pub struct ApiDoc;

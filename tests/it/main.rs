@@ -11,6 +11,7 @@ mod delivery;
 mod destinations;
 mod dlq;
 mod dlq_replay;
+mod files;
 mod flow;
 mod ingest;
 mod logs;
