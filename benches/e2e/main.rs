@@ -6,6 +6,7 @@
 //! event counts; `BENCH_ONLY=name,name` runs a subset.
 
 mod broker;
+mod files;
 mod harness;
 mod scenarios;
 
@@ -48,6 +49,7 @@ async fn main() {
     run!("raw_fanout_1000_1f", broker::raw_fanout(1000, n(20_000), 1));
     run!("raw_fanout_1000_2f", broker::raw_fanout(1000, n(20_000), 2));
     run!("ingest", scenarios::ingest(n(20_000)));
+    run!("files", files::files(n(1_000_000)));
     for mode in ["on_demand", "per_destination"] {
         for (dests, events) in [(1, 20_000), (100, 20_000), (1000, 20_000), (10_000, 20_000)] {
             run!(

@@ -526,3 +526,35 @@ async fn a_missing_folder_stops_the_start_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_cli_uploads_a_file_and_follows_it_to_done() {
+    let app = spawn_app_with(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.csv");
+    std::fs::write(&path, users_csv(500)).unwrap();
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_hookstream"))
+            .args(["upload", path.to_str().unwrap(), "--type", "user.imported"])
+            .args(["--url", &app.base_url()])
+            .env_remove("HOOKSTREAM_API_URL")
+            .output()
+    };
+    let out = run().await.expect("run hookstream upload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("done: 500 lines, 500 accepted, 0 rejected"),
+        "{stdout}"
+    );
+    let again = run().await.expect("run hookstream upload again");
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && stdout.contains("not ingested again"),
+        "{stdout}"
+    );
+}
