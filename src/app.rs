@@ -12,18 +12,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::access::{KeyStore, KeyWatch, Policy};
 use crate::api::{self, AppState};
 use crate::broker::embedded::{EmbeddedError, EmbeddedServer};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, names};
 use crate::config::Config;
-use crate::delivery::Worker;
-use crate::delivery::registry::Registry;
 use crate::delivery::sender::Sender;
-use crate::delivery::ssrf::SsrfPolicy;
+use crate::delivery::{Worker, WorkerParts};
 use crate::destinations::DestinationStore;
+use crate::destinations::Registry;
+use crate::destinations::ssrf::SsrfPolicy;
 use crate::files::Files;
 use crate::flow::Flow;
 use crate::ingest::Ingestor;
+use crate::router::{Router, upgrade};
 use crate::telemetry;
 
 /// Which parts this process runs.
@@ -65,6 +67,8 @@ pub enum AppError {
     Folder(#[from] crate::files::folder::FolderError),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Access(#[from] crate::access::PolicyError),
 }
 
 pub struct App {
@@ -75,6 +79,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     sender: Sender,
+    key_watch: Option<KeyWatch>,
 }
 
 impl App {
@@ -90,6 +95,8 @@ impl App {
     }
 
     async fn build_boxed(cfg: Config, role: Role) -> Result<Self, AppError> {
+        // Before anything else: an API open to the network by accident must not start.
+        let policy = Policy::decide(&cfg.api.auth, cfg.listen_addr())?;
         let cfg = Arc::new(cfg);
         let (url, embedded) = match &cfg.nats.url {
             Some(url) => (url.clone(), None),
@@ -114,6 +121,14 @@ impl App {
         let destinations =
             DestinationStore::new(broker.clone(), cfg.clone(), ssrf, registry.clone());
         let flow = Arc::new(Flow::new(&broker, &cfg.flow));
+        let (keys, key_watch) = KeyStore::open(&broker, &cfg, policy).await?;
+        if policy.is_open() {
+            warn!(
+                listen = %cfg.api.listen,
+                "the API is open: no admin API key is configured (HOOKSTREAM_ADMIN_API_KEYS), \
+                 so requests without a key act as admin"
+            );
+        }
         let ingestor = Ingestor::new(broker.clone(), destinations.clone(), flow.clone());
         // Before anything listens: a watched folder that cannot be used stops the start.
         if let (Some(folder), true) = (&cfg.ingest.folder, role.runs_worker()) {
@@ -130,6 +145,7 @@ impl App {
             registry,
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
             metrics: telemetry::metrics::install(cfg.telemetry.destination_label_limit()),
+            keys,
         };
         let addr = cfg.listen_addr();
         let listener = TcpListener::bind(addr)
@@ -146,6 +162,7 @@ impl App {
             listener,
             state,
             sender,
+            key_watch: Some(key_watch),
         })
     }
 
@@ -167,6 +184,9 @@ impl App {
                 .clone()
                 .run_watch(workers_token.clone()),
         );
+        if let Some(watch) = self.key_watch.take() {
+            tracker.spawn(watch.run(workers_token.clone()));
+        }
         // Every role lists files: the API answers from this index.
         tracker.spawn(self.state.files.clone().run_index(workers_token.clone()));
         if self.role.runs_worker() {
@@ -177,7 +197,7 @@ impl App {
         let router = if self.role.runs_api() {
             api::router(self.state.clone())
         } else {
-            api::health::router().with_state(self.state.clone())
+            api::worker_router(self.state.clone())
         };
         let addr = self.api_address();
         info!(?addr, role = ?self.role, "listening");
@@ -239,20 +259,41 @@ impl App {
         tracker.spawn(async move {
             let mut delay = Duration::from_millis(500);
             loop {
-                let started = Worker::start(
-                    registry.clone(),
-                    broker.clone(),
-                    cfg.clone(),
-                    store.clone(),
-                    sender.clone(),
-                    flow.clone(),
-                    tracker_inner.clone(),
-                    token.clone(),
-                )
+                let started = Worker::start(WorkerParts {
+                    registry: registry.clone(),
+                    broker: broker.clone(),
+                    cfg: cfg.clone(),
+                    store: store.clone(),
+                    sender: sender.clone(),
+                    flow: flow.clone(),
+                    tracker: tracker_inner.clone(),
+                    token: token.clone(),
+                })
                 .await;
                 match started {
                     Ok(worker) => {
-                        ready.store(worker.is_ready(), Ordering::Release);
+                        // Routing (docs/adr/0010): every worker runs a router, one of them
+                        // pinned; and the consumers of the layout before routing are
+                        // drained once into the shards.
+                        tracker_inner.spawn(
+                            Router {
+                                broker: broker.clone(),
+                                registry: registry.clone(),
+                                stats: worker.stats.clone(),
+                                doorbell: names::doorbell_subject(
+                                    &cfg.nats.inbox_prefix,
+                                    &cfg.subject_prefix,
+                                ),
+                                token: token.clone(),
+                            }
+                            .run(),
+                        );
+                        tracker_inner.spawn(upgrade::run(
+                            broker.clone(),
+                            registry.clone(),
+                            token.clone(),
+                        ));
+                        ready.store(true, Ordering::Release);
                         info!(destinations = worker.registry.len(), "worker ready");
                         return;
                     }

@@ -5,7 +5,9 @@
 //! - [`broker`]: everything that knows NATS: names, streams, buckets, consumers, pulls,
 //!   the embedded nats-server.
 //! - [`ingest`]: validate → envelope → publish → PubAck; idempotency.
-//! - [`destinations`]: destination management (bucket entry plus consumer).
+//! - [`destinations`]: destination state in one home: the bucket, validation, the SSRF
+//!   check, each process's registry and subject index.
+//! - [`router`]: routes every event once to its destinations' delivery shards.
 //! - [`delivery`]: workers: pull only where there is work, send signed requests, retry,
 //!   dead-letter.
 //! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
@@ -14,11 +16,13 @@
 //! - [`files`]: files in, events out: uploads and the watched folder, one event per
 //!   line through crashes.
 //! - [`history`]: events and their attempt records, for the API.
+//! - [`access`]: API keys, roles and the open-mode policy; checked by `api::access`.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
 //! - [`cli`]: `hookstream dlq …`, a client of a running service's HTTP API.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod broker;
@@ -33,4 +37,5 @@ pub mod flow;
 pub mod history;
 pub mod ingest;
 pub mod model;
+pub mod router;
 pub mod telemetry;

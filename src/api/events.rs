@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::Access;
 use super::json::{ApiJson, parse};
 use crate::error::ApiError;
 use crate::flow::circuit::Gate;
@@ -82,9 +83,11 @@ fn accepted_response(accepted: Accepted) -> Response {
     ))]
 pub async fn post_event(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
-    ApiJson(event): ApiJson<NewEvent>,
+    ApiJson(mut event): ApiJson<NewEvent>,
 ) -> Result<Response, ApiError> {
+    event.tenant = access.scope(event.tenant.take())?;
     let key = idempotency_key(&headers)?;
     let accepted = state
         .ingestor
@@ -122,6 +125,7 @@ pub struct BatchItem {
     ))]
 pub async fn post_batch(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
@@ -140,11 +144,13 @@ pub async fn post_batch(
         futures::stream::iter(batch.events.into_iter().zip(turns).enumerate())
             .map(|(i, (raw, turn))| {
                 let state = state.clone();
+                let access = access.clone();
                 let trace = trace.clone();
                 // A batch-level key makes each item's key `<key>/<index>`.
                 let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
                 async move {
-                    let event: NewEvent = parse(raw.get().as_bytes())?;
+                    let mut event: NewEvent = parse(raw.get().as_bytes())?;
+                    event.tenant = access.scope(event.tenant.take())?;
                     Ok(state
                         .ingestor
                         .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
@@ -228,17 +234,28 @@ fn event_id(raw: &str) -> Result<EventId, ApiError> {
     EventId::parse(raw).map_err(|_| ApiError::NotFound(format!("event {raw} not found")))
 }
 
+/// The event, if it exists and is the key's to see: another tenant's is "not found" too.
+async fn owned_event(
+    state: &AppState,
+    access: &Access,
+    id: &EventId,
+) -> Result<history::StoredEvent, ApiError> {
+    history::find_event(&state.broker, id)
+        .await?
+        .filter(|stored| access.owns(&stored.tenant))
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))
+}
+
 /// The event and its delivery status per destination.
 #[utoipa::path(get, path = "/v1/events/{id}",
     responses((status = 200, body = EventView), (status = 404, description = "Unknown id")))]
 pub async fn get_event(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<EventView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = history::find_event(&state.broker, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let stored = owned_event(&state, &access, &id).await?;
     let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
     let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
     for a in attempts {
@@ -346,12 +363,11 @@ pub struct AttemptsView {
     responses((status = 200, body = AttemptsView), (status = 404, description = "Unknown id")))]
 pub async fn get_attempts(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<AttemptsView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = history::find_event(&state.broker, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let stored = owned_event(&state, &access, &id).await?;
     let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
     for a in history::attempts_of(&state.broker, &stored.tenant, &id).await? {
         per_destination
@@ -403,6 +419,7 @@ pub struct ResendAnswer {
     ))]
 pub async fn resend(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -416,9 +433,17 @@ pub async fn resend(
         &state.broker,
         &state.destinations,
         &id,
+        access.tenant(),
         request.destination_id.as_ref(),
     )
     .await?;
+    for r in &resent {
+        access.audit(
+            "event.resend",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{id} -> {}", r.destination_id),
+        );
+    }
     let answer = ResendAnswer {
         event_id: id.to_string(),
         resent: resent

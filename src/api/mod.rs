@@ -1,7 +1,9 @@
 //! The HTTP API: one router per resource, the shared state, and the middleware that every
 //! route goes through (body limit, timeout, request metrics, Retry-After on 503, the
-//! request's server span).
+//! request's server span, and the access guard of `/v1`: `access.rs`).
 
+pub mod access;
+pub mod api_keys;
 pub mod destinations;
 pub mod dlq;
 pub mod events;
@@ -26,8 +28,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::delivery::registry::Registry;
 use crate::destinations::DestinationStore;
+use crate::destinations::Registry;
 use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::telemetry::metrics as m;
@@ -44,6 +46,8 @@ pub struct AppState {
     /// False until the worker (if any) has loaded destinations and done its first sweep.
     pub worker_ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
+    /// Every valid API key, checked by `access::guard`.
+    pub keys: crate::access::KeyStore,
     /// Uploads and folder files (`src/files/`).
     pub files: crate::files::Files,
 }
@@ -65,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stats::router())
         .merge(health::router())
         .merge(openapi::router())
+        .merge(api_keys::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
@@ -78,6 +83,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())
         })
+        // Innermost: a 401 or 403 is counted and gets the other layers like any answer.
+        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .layer(middleware::from_fn_with_state(
             retry_after,
             retry_after_on_503,
@@ -85,6 +92,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(count_requests))
         // Outermost: the server span covers the whole request, timeout included.
         .layer(middleware::from_fn(traced::trace_requests))
+        .with_state(state)
+}
+
+/// What a worker-only process serves: health and metrics (`/metrics` behind an admin
+/// key when `api.auth.protect_metrics`).
+pub fn worker_router(state: AppState) -> Router {
+    health::router()
+        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .with_state(state)
 }
 

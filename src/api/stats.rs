@@ -9,8 +9,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::access::Access;
 use super::{AppState, Page, bad_request};
-use crate::broker::names;
 use crate::delivery::stats::read_totals;
 use crate::error::ApiError;
 use crate::model::circuit::CircuitView;
@@ -47,31 +47,21 @@ pub struct StatsList {
 #[utoipa::path(get, path = "/v1/stats", params(Page), responses((status = 200, body = StatsList)))]
 pub async fn stats(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<Page>, QueryRejection>,
 ) -> Result<axum::Json<StatsList>, ApiError> {
     let Query(page) = query.map_err(bad_request)?;
+    let tenant = access.scope(page.tenant()?)?;
     let (destinations, next_cursor) = state
         .destinations
-        .list(
-            page.tenant()?.as_ref(),
-            page.cursor.as_deref(),
-            page.limit()?,
-        )
+        .list(tenant.as_ref(), page.cursor.as_deref(), page.limit()?)
         .await?;
     let data = futures::stream::iter(destinations)
         .map(|d| {
             let state = state.clone();
             async move {
                 let [delivered, failed, dead] = read_totals(&state.broker, d.id.as_str()).await;
-                let (pending, retrying) = match state
-                    .broker
-                    .events
-                    .consumer_info(names::consumer_name(&d.id))
-                    .await
-                {
-                    Ok(info) => (info.num_pending, info.num_ack_pending as u64),
-                    Err(_) => (0, 0),
-                };
+                let (pending, retrying) = state.broker.destination_backlog(d.id.as_str()).await;
                 DestinationStats {
                     destination_id: d.id.to_string(),
                     tenant: d.tenant.to_string(),

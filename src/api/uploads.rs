@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tower_http::timeout::TimeoutLayer;
 use utoipa::{IntoParams, ToSchema};
 
+use super::access::Access;
 use super::{AppState, bad_request};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -92,14 +93,11 @@ fn format_of_name(name: &str) -> Option<Format> {
 
 /// The checks that need no byte of the file: tenant, type, format.
 fn upload_request(
+    tenant: TenantId,
     q: &UploadQuery,
     format: Option<Format>,
     name: Option<String>,
 ) -> Result<UploadRequest, ApiError> {
-    let tenant = match &q.tenant {
-        Some(t) => TenantId::parse(t.clone()).map_err(bad_request)?,
-        None => TenantId::default_tenant(),
-    };
     let format = format.ok_or_else(|| {
         ApiError::Invalid("format is required (csv or ndjson) for this file".into())
     })?;
@@ -142,7 +140,8 @@ fn upload_request(
     })
 }
 
-fn accepted(uploaded: crate::files::Uploaded) -> Response {
+fn accepted(access: &Access, uploaded: crate::files::Uploaded) -> Response {
+    access.audit("upload.create", &uploaded.tenant, &uploaded.id);
     if uploaded.duplicate {
         let body = UploadAccepted {
             id: uploaded.id,
@@ -169,16 +168,21 @@ fn accepted(uploaded: crate::files::Uploaded) -> Response {
         (status = 202, description = "Stored; lines are ingested in the background", body = UploadAccepted),
         (status = 200, description = "This content was uploaded already: the first upload's id", body = UploadAccepted),
         (status = 400, description = "Unknown format or type, missing type, no `file` field"),
+        (status = 403, description = "A tenant key naming another tenant"),
         (status = 413, description = "Over ingest.upload_max_bytes"),
         (status = 415, description = "Not text/csv, application/x-ndjson or multipart/form-data"),
         (status = 503, description = "NATS down; see Retry-After"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<UploadQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(bad_request)?;
+    let tenant = access
+        .scope_text(q.tenant.as_deref())?
+        .unwrap_or_else(TenantId::default_tenant);
     let media = media_type(request.headers());
     let asked = match &q.format {
         Some(f) => Some(
@@ -215,10 +219,10 @@ pub async fn create(
             let format = asked
                 .or_else(|| field.content_type().and_then(format_of_media))
                 .or_else(|| file_name.as_deref().and_then(format_of_name));
-            let upload = upload_request(&q, format, q.name.clone().or(file_name))?;
+            let upload = upload_request(tenant, &q, format, q.name.clone().or(file_name))?;
             let body = field.map(|chunk| chunk.map_err(|e| e.body_text()));
             let uploaded = state.files.upload(upload, Box::pin(body)).await?;
-            return Ok(accepted(uploaded));
+            return Ok(accepted(&access, uploaded));
         }
         return Err(ApiError::Invalid(
             "the multipart form has no field named file".into(),
@@ -235,13 +239,13 @@ pub async fn create(
             asked.map(Format::as_str).unwrap_or_default()
         )));
     }
-    let upload = upload_request(&q, Some(format), q.name.clone())?;
+    let upload = upload_request(tenant, &q, Some(format), q.name.clone())?;
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
     let body = request.into_body().into_data_stream();
     let uploaded = state.files.upload(upload, body).await?;
-    Ok(accepted(uploaded))
+    Ok(accepted(&access, uploaded))
 }
 
 /// An upload (or folder file) and its progress.
@@ -297,7 +301,8 @@ impl From<FileRecord> for UploadView {
     }
 }
 
-async fn find(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
+/// The upload, if it is this key's to see: another tenant's is as unknown as a missing one.
+async fn find(state: &AppState, access: &Access, id: &str) -> Result<FileRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("upload {id} not found"));
     if !id.starts_with("upl_")
         || id.len() > 64
@@ -305,7 +310,10 @@ async fn find(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
     {
         return Err(not_found());
     }
-    state.files.get(id).await?.ok_or_else(not_found)
+    match state.files.get(id).await? {
+        Some(record) if access.owns(&record.tenant) => Ok(record),
+        _ => Err(not_found()),
+    }
 }
 
 /// An upload's status and counts.
@@ -313,9 +321,10 @@ async fn find(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
     responses((status = 200, body = UploadView), (status = 404, description = "Unknown id")))]
 pub async fn read(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<UploadView>, ApiError> {
-    Ok(axum::Json(find(&state, &id).await?.into()))
+    Ok(axum::Json(find(&state, &access, &id).await?.into()))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -329,11 +338,12 @@ pub struct UploadList {
     responses((status = 200, body = UploadList)))]
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<super::Page>, QueryRejection>,
 ) -> Result<axum::Json<UploadList>, ApiError> {
     let Query(page) = query.map_err(bad_request)?;
     let limit = page.limit()?;
-    let tenant = page.tenant()?;
+    let tenant = access.scope_text(page.tenant.as_deref())?;
     let all = state.files.list();
     let mut rows = all
         .into_iter()
@@ -380,6 +390,7 @@ pub struct UploadErrors {
     responses((status = 200, body = UploadErrors), (status = 404, description = "Unknown id")))]
 pub async fn errors(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     query: Result<Query<ErrorsQuery>, QueryRejection>,
 ) -> Result<axum::Json<UploadErrors>, ApiError> {
@@ -389,7 +400,7 @@ pub async fn errors(
         Some(n @ 1..=1000) => n,
         Some(_) => return Err(ApiError::Invalid("limit must be 1 to 1000".into())),
     };
-    let record = find(&state, &id).await?;
+    let record = find(&state, &access, &id).await?;
     let kept = state.files.errors(&id).await?;
     let total_kept = kept.lines.len() as u64;
     let mut rest = kept

@@ -55,6 +55,9 @@ pub struct UploadArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
+    /// API key sent as `Authorization: Bearer` (a tenant key uploads for its tenant).
+    #[arg(long, env = "HOOKSTREAM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 fn content_type(args: &UploadArgs) -> Result<&'static str, UploadError> {
@@ -102,7 +105,7 @@ pub async fn run(args: UploadArgs) -> Result<(), UploadError> {
         .await
         .map_err(file_error)?;
     let size = file.metadata().await.map_err(file_error)?.len();
-    let api = Api::new(&args.url)?;
+    let api = Api::new(&args.url, args.api_key.as_deref())?;
     let mut query = Vec::new();
     for (key, value) in [
         ("type", &args.event_type),

@@ -86,6 +86,7 @@ pub struct UploadRequest {
 #[derive(Debug, Clone)]
 pub struct Uploaded {
     pub id: String,
+    pub tenant: String,
     pub duplicate: bool,
 }
 
@@ -182,6 +183,7 @@ impl Files {
             metrics::counter!(m::FILES, "status" => "duplicate").increment(1);
             return Ok(Uploaded {
                 id,
+                tenant: request.tenant.to_string(),
                 duplicate: true,
             });
         }
@@ -219,6 +221,7 @@ impl Files {
             metrics::counter!(m::FILES, "status" => "duplicate").increment(1);
             return Ok(Uploaded {
                 id,
+                tenant: record.tenant,
                 duplicate: true,
             });
         }
@@ -227,6 +230,7 @@ impl Files {
         self.wake.notify_one();
         Ok(Uploaded {
             id,
+            tenant: record.tenant,
             duplicate: false,
         })
     }

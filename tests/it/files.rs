@@ -558,3 +558,74 @@ async fn the_cli_uploads_a_file_and_follows_it_to_done() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_key_neither_sees_nor_uploads_for_another_tenant() {
+    use crate::common::keys::{make_key, spawn_keyed_app};
+    let app = spawn_keyed_app().await;
+    let (_, acme) = make_key(&app, "acme", "tenant").await;
+    let (_, other) = make_key(&app, "other", "tenant").await;
+    let (_, ingest) = make_key(&app, "acme", "ingest").await;
+    let post = |key: String, query: &'static str| {
+        let request = app
+            .client
+            .post(format!("{}/v1/uploads?{query}", app.base_url()))
+            .bearer_auth(key)
+            .header("content-type", "text/csv")
+            .body("a\n1\n2\n");
+        crate::common::app::send(request)
+    };
+    let get = |key: String, path: String| {
+        crate::common::app::send(
+            app.client
+                .get(format!("{}{path}", app.base_url()))
+                .bearer_auth(key),
+        )
+    };
+    let (status, body) = post(acme.clone(), "type=a.b").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let done = loop {
+        let (_, b) = get(acme.clone(), format!("/v1/uploads/{id}")).await;
+        if b["status"] == "done" {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["tenant"], "acme", "the key's tenant is the default");
+
+    let (status, body) = post(acme.clone(), "type=a.b&tenant=other").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = post(ingest, "type=a.b").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an ingest key may not upload"
+    );
+    for path in [
+        format!("/v1/uploads/{id}"),
+        format!("/v1/uploads/{id}/errors"),
+    ] {
+        let (status, body) = get(other.clone(), path.clone()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, list) = get(other.clone(), "/v1/uploads".into()).await;
+    assert_eq!(
+        (status, list["uploads"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{list}"
+    );
+    let (status, _) = get(other.clone(), "/v1/uploads?tenant=acme".into()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The same content for another tenant is another file, not a duplicate of acme's.
+    let (status, body) = post(other, "type=a.b").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_ne!(body["id"], id.as_str());
+    let (status, list) = get(acme, "/v1/uploads".into()).await;
+    assert_eq!(
+        (status, list["uploads"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1)),
+        "{list}"
+    );
+    // The same content for another tenant is another file, not a duplicate of acme's.
+}
