@@ -10,6 +10,7 @@ use tracing::error;
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::destinations::DestinationError;
 use crate::dlq::DlqError;
+use crate::events::SearchError;
 use crate::ingest::IngestError;
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +182,16 @@ impl From<DlqError> for ApiError {
             DlqError::Conflict(m) => Self::Conflict(m),
             DlqError::Destination(d) => d.into(),
             DlqError::Broker(b) => b.into(),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Invalid(m) => Self::Invalid(m),
+            SearchError::Destination(d) => d.into(),
+            SearchError::Broker(b) => b.into(),
         }
     }
 }

@@ -65,6 +65,24 @@ pub async fn find_event(broker: &Broker, id: &EventId) -> Result<Option<StoredEv
     }))
 }
 
+impl StoredEvent {
+    /// The event's type, from its envelope.
+    pub fn event_type(&self) -> Option<&str> {
+        self.envelope.as_ref()?.get("type")?.as_str()
+    }
+}
+
+/// The stored event as the delivery status look-up needs it.
+pub fn event_ref<'a>(stored: &'a StoredEvent, id: &'a str) -> crate::events::EventRef<'a> {
+    crate::events::EventRef {
+        tenant: &stored.tenant,
+        id,
+        event_type: stored.event_type(),
+        directed_to: stored.directed_to.as_deref(),
+        stored_at: stored.stored_at,
+    }
+}
+
 async fn first_attempt(
     broker: &Broker,
     subject: &str,

@@ -12,6 +12,8 @@
 //!   replicas through KV.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
 //! - [`history`]: events and their attempt records, for the API.
+//! - [`events`]: event search and delivery status per destination, for the API and the
+//!   console.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
@@ -26,6 +28,7 @@ pub mod delivery;
 pub mod destinations;
 pub mod dlq;
 pub mod error;
+pub mod events;
 pub mod flow;
 pub mod history;
 pub mod ingest;

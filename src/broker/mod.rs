@@ -3,6 +3,7 @@
 
 pub mod consumers;
 pub mod credentials;
+pub mod direct;
 pub mod embedded;
 pub mod error;
 pub mod messages;

@@ -92,6 +92,26 @@ impl Subjects {
         format!("{}.to.{destination}.>", self.prefix)
     }
 
+    /// Event search: `hs.ev.<tenant|*>.<pattern|>>`, tenant-wide events.
+    pub fn event_search(&self, tenant: Option<&str>, pattern: Option<&str>) -> String {
+        format!(
+            "{}.ev.{}.{}",
+            self.prefix,
+            tenant.unwrap_or("*"),
+            pattern.unwrap_or(">")
+        )
+    }
+
+    /// Event search: `hs.to.<destination|*>.<pattern|>>`, directed events.
+    pub fn directed_search(&self, destination: Option<&str>, pattern: Option<&str>) -> String {
+        format!(
+            "{}.to.{}.{}",
+            self.prefix,
+            destination.unwrap_or("*"),
+            pattern.unwrap_or(">")
+        )
+    }
+
     pub fn dlq(&self, tenant: &str, destination: &str) -> String {
         format!("{}.dlq.{tenant}.{destination}", self.prefix)
     }

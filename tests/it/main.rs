@@ -11,6 +11,7 @@ mod delivery;
 mod destinations;
 mod dlq;
 mod dlq_replay;
+mod events_search;
 mod flow;
 mod ingest;
 mod logs;
