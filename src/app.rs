@@ -120,6 +120,7 @@ impl App {
             registry,
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
             metrics: telemetry::metrics::install(cfg.telemetry.destination_label_limit()),
+            console: Default::default(),
         };
         let addr = cfg.listen_addr();
         let listener = TcpListener::bind(addr)

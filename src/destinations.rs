@@ -43,6 +43,8 @@ pub enum DestinationError {
 }
 
 pub const MAX_EVENT_TYPES: usize = 64;
+/// How long the old secrets keep signing after a rotation, unless the request says.
+pub const ROTATION_GRACE: Duration = Duration::from_secs(86_400);
 pub const MAX_HEADERS: usize = 32;
 const RESERVED_HEADERS: [&str; 10] = [
     "webhook-id",
@@ -568,4 +570,21 @@ pub fn decode(bytes: &[u8]) -> Result<Destination, DestinationError> {
             e,
         ))
     })
+}
+
+/// The event `/test` sends: type `hookstream.test`, to this destination only.
+pub fn test_event(destination: &Destination) -> crate::model::NewEvent {
+    let data = serde_json::json!({
+        "message": "hookstream test event",
+        "destination_id": destination.id,
+    });
+    crate::model::NewEvent {
+        id: None,
+        tenant: Some(destination.tenant.clone()),
+        event_type: crate::model::EventType::parse("hookstream.test").expect("a valid type"),
+        data: serde_json::value::RawValue::from_string(data.to_string()).expect("valid JSON"),
+        source: Some("hookstream".into()),
+        occurred_at: None,
+        destination_id: Some(destination.id.clone()),
+    }
 }

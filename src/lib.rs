@@ -15,6 +15,7 @@
 //! - [`events`]: event search and delivery status per destination, for the API and the
 //!   console.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
+//! - [`console`]: the web console at `/console`, server-rendered HTML.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
 //! - [`cli`]: `hookstream dlq …`, a client of a running service's HTTP API.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod destinations;
 pub mod dlq;

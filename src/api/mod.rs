@@ -43,6 +43,8 @@ pub struct AppState {
     /// False until the worker (if any) has loaded destinations and done its first sweep.
     pub worker_ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
+    /// The console's throughput samples.
+    pub console: Arc<crate::console::throughput::Samples>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stats::router())
         .merge(health::router())
         .merge(openapi::router())
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())

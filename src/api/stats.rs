@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{AppState, Page, bad_request};
-use crate::broker::names;
+use crate::broker::consumers;
 use crate::delivery::stats::read_totals;
 use crate::error::ApiError;
 use crate::model::circuit::CircuitView;
@@ -63,15 +63,7 @@ pub async fn stats(
             let state = state.clone();
             async move {
                 let [delivered, failed, dead] = read_totals(&state.broker, d.id.as_str()).await;
-                let (pending, retrying) = match state
-                    .broker
-                    .events
-                    .consumer_info(names::consumer_name(&d.id))
-                    .await
-                {
-                    Ok(info) => (info.num_pending, info.num_ack_pending as u64),
-                    Err(_) => (0, 0),
-                };
+                let (pending, retrying) = consumers::backlog(&state.broker.events, &d.id).await;
                 DestinationStats {
                     destination_id: d.id.to_string(),
                     tenant: d.tenant.to_string(),

@@ -168,3 +168,15 @@ pub async fn list(stream: &Stream) -> Result<Vec<ConsumerState>, BrokerError> {
         })
         .collect())
 }
+
+/// A destination's backlog: `(pending, retrying)`, events not handed out yet and those
+/// handed out and not finished. Zero when it has no consumer (nothing waits for it).
+pub async fn backlog(stream: &Stream, destination: &crate::model::DestinationId) -> (u64, u64) {
+    match stream
+        .consumer_info(names::consumer_name(destination))
+        .await
+    {
+        Ok(info) => (info.num_pending, info.num_ack_pending as u64),
+        Err(_) => (0, 0),
+    }
+}

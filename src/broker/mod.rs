@@ -1,6 +1,7 @@
 //! Everything that knows NATS: names, stream and bucket definitions, destination
 //! consumers, pulls, the embedded server, and error classification.
 
+pub mod backward;
 pub mod consumers;
 pub mod credentials;
 pub mod direct;

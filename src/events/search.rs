@@ -7,10 +7,9 @@
 //!   rest with its per-block subject index;
 //! - `since` and `until` become sequences with the server's **time index**
 //!   (`start_time` direct gets), two requests per page;
-//! - newest first reads **backwards from a sequence**: windows of sequences from the
-//!   cursor down, each read forwards in **batch direct gets** (256 messages a round
-//!   trip) and handed out in reverse. A window that found nothing grows four times, one
-//!   that found many shrinks, so sparse and dense filters both take few round trips;
+//! - newest first reads **backwards from a sequence** (`broker/backward.rs`): windows
+//!   of sequences from the cursor down, each read forwards in **batch direct gets** (256
+//!   messages a round trip) and handed out in reverse;
 //! - the delivery status of a page's events comes from one `multi_last` direct get
 //!   over their attempt subjects (`deliveries.rs`).
 //!
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::deliveries::{Deliveries, Delivery, EventRef};
+use crate::broker::backward::{Walker, next_newest};
 use crate::broker::direct::{self, StoredMessage};
 use crate::broker::names::{EVENTS_STREAM, EventSubject, headers};
 use crate::broker::{Broker, BrokerError};
@@ -37,12 +37,6 @@ use crate::model::{DeliveryStatus, Destination, EventPattern, TenantId};
 
 /// Events looked at for one page at most.
 pub const BUDGET: usize = 20_000;
-/// Messages per batch direct get.
-const BATCH: usize = 256;
-/// First window width, in sequences.
-const FIRST_WIDTH: u64 = 256;
-/// A window holding more than this many matches is cut in half before it is kept.
-const MAX_WINDOW: usize = 4096;
 /// A destination with more patterns is searched through one `hs.ev.<tenant>.>` filter.
 const MAX_PATTERN_FILTERS: usize = 4;
 
@@ -202,7 +196,7 @@ pub async fn search(
     }
     let mut walkers: Vec<Walker> = filters(broker, query)
         .into_iter()
-        .map(|filter| Walker::new(filter, lo, hi))
+        .map(|filter| Walker::new(EVENTS_STREAM, filter, lo, hi))
         .collect();
 
     let want = want.max(1);
@@ -386,116 +380,4 @@ async fn with_deliveries(
         events.retain(|e| e.deliveries.iter().any(|d| d.status == status));
     }
     Ok(events)
-}
-
-/// The newest message left among the walkers (the same sequence from two filters once).
-async fn next_newest(
-    broker: &Broker,
-    walkers: &mut [Walker],
-) -> Result<Option<StoredMessage>, BrokerError> {
-    let mut best: Option<(usize, u64)> = None;
-    for (i, walker) in walkers.iter_mut().enumerate() {
-        if let Some(seq) = walker.peek(broker).await?
-            && best.is_none_or(|(_, b)| seq > b)
-        {
-            best = Some((i, seq));
-        }
-    }
-    let Some((i, seq)) = best else {
-        return Ok(None);
-    };
-    let message = walkers[i].buffer.pop();
-    for walker in walkers.iter_mut() {
-        if walker.buffer.last().is_some_and(|m| m.seq == seq) {
-            walker.buffer.pop();
-        }
-    }
-    Ok(message)
-}
-
-/// Reads one filter's messages in `lo..=hi` newest first, a window at a time.
-struct Walker {
-    filter: String,
-    lo: u64,
-    /// The top of the next window; below `lo` when every window has been read.
-    top: u64,
-    width: u64,
-    /// The current window's messages, oldest first (handed out from the end).
-    buffer: Vec<StoredMessage>,
-}
-
-impl Walker {
-    fn new(filter: String, lo: u64, hi: u64) -> Self {
-        Self {
-            filter,
-            lo,
-            top: hi,
-            width: FIRST_WIDTH,
-            buffer: Vec::new(),
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.top < self.lo || self.top == 0
-    }
-
-    /// The sequence of the newest message not handed out yet.
-    async fn peek(&mut self, broker: &Broker) -> Result<Option<u64>, BrokerError> {
-        while self.buffer.is_empty() && !self.done() {
-            self.read_window(broker).await?;
-        }
-        Ok(self.buffer.last().map(|m| m.seq))
-    }
-
-    /// Reads the window below the last one into the buffer.
-    async fn read_window(&mut self, broker: &Broker) -> Result<(), BrokerError> {
-        let top = self.top;
-        let mut bottom = top.saturating_sub(self.width - 1).max(self.lo);
-        let window = loop {
-            match self.read_range(broker, bottom, top).await? {
-                Some(window) => break window,
-                // Too many matches: keep the upper half of the window only.
-                None => bottom = bottom + (top - bottom) / 2 + 1,
-            }
-        };
-        self.width = match window.len() {
-            0 => self.width.saturating_mul(4),
-            n if n > BATCH => (top - bottom).div_ceil(2).max(FIRST_WIDTH),
-            _ => top - bottom + 1,
-        };
-        self.top = bottom.saturating_sub(1);
-        self.buffer = window;
-        Ok(())
-    }
-
-    /// The matches in `bottom..=top`, oldest first, or `None` when there are more than
-    /// [`MAX_WINDOW`] (and the window spans more than one sequence).
-    async fn read_range(
-        &self,
-        broker: &Broker,
-        bottom: u64,
-        top: u64,
-    ) -> Result<Option<Vec<StoredMessage>>, BrokerError> {
-        let mut out = Vec::new();
-        let mut next = bottom;
-        loop {
-            let batch =
-                direct::next_batch(broker, EVENTS_STREAM, &self.filter, next, BATCH).await?;
-            let mut passed_top = false;
-            for message in batch.messages {
-                if message.seq > top {
-                    passed_top = true;
-                    break;
-                }
-                next = message.seq + 1;
-                out.push(message);
-            }
-            if passed_top || !batch.more || next > top {
-                return Ok(Some(out));
-            }
-            if out.len() > MAX_WINDOW && bottom < top {
-                return Ok(None);
-            }
-        }
-    }
 }
