@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::access::{KeyStore, KeyWatch, Policy};
 use crate::api::{self, AppState};
 use crate::broker::embedded::{EmbeddedError, EmbeddedServer};
 use crate::broker::{Broker, BrokerError};
@@ -62,6 +63,8 @@ pub enum AppError {
     HttpClient(#[from] reqwest::Error),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Access(#[from] crate::access::PolicyError),
 }
 
 pub struct App {
@@ -72,6 +75,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     sender: Sender,
+    key_watch: Option<KeyWatch>,
 }
 
 impl App {
@@ -87,6 +91,8 @@ impl App {
     }
 
     async fn build_boxed(cfg: Config, role: Role) -> Result<Self, AppError> {
+        // Before anything else: an API open to the network by accident must not start.
+        let policy = Policy::decide(&cfg.api.auth, cfg.listen_addr())?;
         let cfg = Arc::new(cfg);
         let (url, embedded) = match &cfg.nats.url {
             Some(url) => (url.clone(), None),
@@ -111,6 +117,14 @@ impl App {
         let destinations =
             DestinationStore::new(broker.clone(), cfg.clone(), ssrf, registry.clone());
         let flow = Arc::new(Flow::new(&broker, &cfg.flow));
+        let (keys, key_watch) = KeyStore::open(&broker, &cfg, policy).await?;
+        if policy.is_open() {
+            warn!(
+                listen = %cfg.api.listen,
+                "the API is open: no admin API key is configured (HOOKSTREAM_ADMIN_API_KEYS), \
+                 so requests without a key act as admin"
+            );
+        }
         let state = AppState {
             broker: broker.clone(),
             cfg: cfg.clone(),
@@ -121,6 +135,7 @@ impl App {
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
             metrics: telemetry::metrics::install(cfg.telemetry.destination_label_limit()),
             console: Default::default(),
+            keys,
         };
         let addr = cfg.listen_addr();
         let listener = TcpListener::bind(addr)
@@ -137,6 +152,7 @@ impl App {
             listener,
             state,
             sender,
+            key_watch: Some(key_watch),
         })
     }
 
@@ -158,6 +174,9 @@ impl App {
                 .clone()
                 .run_watch(workers_token.clone()),
         );
+        if let Some(watch) = self.key_watch.take() {
+            tracker.spawn(watch.run(workers_token.clone()));
+        }
         if self.role.runs_worker() {
             self.start_worker(&tracker, &workers_token, &stop);
         }
@@ -165,7 +184,7 @@ impl App {
         let router = if self.role.runs_api() {
             api::router(self.state.clone())
         } else {
-            api::health::router().with_state(self.state.clone())
+            api::worker_router(self.state.clone())
         };
         let addr = self.api_address();
         info!(?addr, role = ?self.role, "listening");

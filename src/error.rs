@@ -23,6 +23,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// No API key, or one that is not (or no longer) valid: 401 with
+    /// `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A key whose role may not use the route, or a tenant key naming another tenant.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -60,6 +67,8 @@ impl ApiError {
             Self::InvalidJson(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_)
@@ -79,6 +88,8 @@ impl ApiError {
             Self::Invalid(_) => "invalid_request",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Conflict(_) => "conflict",
@@ -114,6 +125,12 @@ impl IntoResponse for ApiError {
         }
         // A 503 gets its Retry-After from the router's middleware, which knows the config.
         let mut response = (status, axum::Json(self.body())).into_response();
+        if let Self::Unauthorized(_) = &self {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         if let Self::RateLimited { retry_after, .. } = &self {
             // Whole seconds, rounded up: "retry after 0" would invite a busy loop.
             let secs = retry_after.as_millis().div_ceil(1000).max(1);

@@ -14,12 +14,14 @@
 //! - [`history`]: events and their attempt records, for the API.
 //! - [`events`]: event search and delivery status per destination, for the API and the
 //!   console.
+//! - [`access`]: API keys, roles and the open-mode policy; checked by `api::access`.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
 //! - [`console`]: the web console at `/console`, server-rendered HTML.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
 //! - [`cli`]: `hookstream dlq …`, a client of a running service's HTTP API.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod broker;

@@ -13,11 +13,14 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::access::Access;
 use super::json::{ApiJson, parse};
 use super::{AppState, Page, bad_request};
 use crate::error::ApiError;
 use crate::ingest::TraceContext;
-use crate::model::{DestinationId, DestinationInput, DestinationPatch, DestinationView};
+use crate::model::{
+    Destination, DestinationId, DestinationInput, DestinationPatch, DestinationView,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,14 +40,53 @@ fn destination_id(raw: &str) -> Result<DestinationId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("destination {raw} not found")))
 }
 
+fn not_found(id: &DestinationId) -> ApiError {
+    ApiError::NotFound(format!("destination {id} not found"))
+}
+
+/// The destination, if it exists and is the key's: another tenant's is "not found" too.
+async fn owned(
+    state: &AppState,
+    access: &Access,
+    id: &DestinationId,
+) -> Result<Destination, ApiError> {
+    state
+        .destinations
+        .get(id)
+        .await?
+        .map(|(d, _)| d)
+        .filter(|d| access.owns(d.tenant.as_str()))
+        .ok_or_else(|| not_found(id))
+}
+
+/// Before a change: a tenant key may change its own destinations only. An admin's
+/// change needs no extra read (the change itself answers 404 for an unknown id).
+async fn check_owned(
+    state: &AppState,
+    access: &Access,
+    id: &DestinationId,
+) -> Result<(), ApiError> {
+    if access.tenant().is_some() {
+        owned(state, access, id).await?;
+    }
+    Ok(())
+}
+
 /// Create a destination; the answer holds its signing secret, shown this once.
 #[utoipa::path(post, path = "/v1/destinations", request_body = DestinationInput,
     responses((status = 201, body = DestinationView), (status = 400), (status = 409)))]
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(input): ApiJson<DestinationInput>,
+    access: Access,
+    ApiJson(mut input): ApiJson<DestinationInput>,
 ) -> Result<Response, ApiError> {
+    input.tenant = access.scope(input.tenant.take())?;
     let (destination, key) = state.destinations.create(input).await?;
+    access.audit(
+        "destination.create",
+        destination.tenant.as_str(),
+        destination.id.as_str(),
+    );
     let mut view = destination.view();
     view.secret = Some(key.expose());
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
@@ -61,16 +103,14 @@ pub struct DestinationList {
     responses((status = 200, body = DestinationList)))]
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<Page>, QueryRejection>,
 ) -> Result<axum::Json<DestinationList>, ApiError> {
     let Query(page) = query.map_err(bad_request)?;
+    let tenant = access.scope(page.tenant()?)?;
     let (items, next_cursor) = state
         .destinations
-        .list(
-            page.tenant()?.as_ref(),
-            page.cursor.as_deref(),
-            page.limit()?,
-        )
+        .list(tenant.as_ref(), page.cursor.as_deref(), page.limit()?)
         .await?;
     Ok(axum::Json(DestinationList {
         data: items.iter().map(|d| d.view()).collect(),
@@ -82,14 +122,11 @@ pub async fn list(
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn read(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DestinationView>, ApiError> {
     let id = destination_id(&id)?;
-    let (destination, _) = state
-        .destinations
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("destination {id} not found")))?;
+    let destination = owned(&state, &access, &id).await?;
     let mut view = destination.view();
     view.circuit = Some(state.flow.circuits.view(id.as_str()));
     Ok(axum::Json(view))
@@ -100,13 +137,20 @@ pub async fn read(
     responses((status = 200, body = DestinationView), (status = 400), (status = 404)))]
 pub async fn replace(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<DestinationInput>,
 ) -> Result<axum::Json<DestinationView>, ApiError> {
     let id = destination_id(&id)?;
-    Ok(axum::Json(
-        state.destinations.replace(&id, input).await?.view(),
-    ))
+    access.scope(input.tenant.clone())?;
+    check_owned(&state, &access, &id).await?;
+    let destination = state.destinations.replace(&id, input).await?;
+    access.audit(
+        "destination.replace",
+        destination.tenant.as_str(),
+        id.as_str(),
+    );
+    Ok(axum::Json(destination.view()))
 }
 
 /// Change some settings of a destination.
@@ -114,13 +158,19 @@ pub async fn replace(
     responses((status = 200, body = DestinationView), (status = 400), (status = 404)))]
 pub async fn patch(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<DestinationPatch>,
 ) -> Result<axum::Json<DestinationView>, ApiError> {
     let id = destination_id(&id)?;
-    Ok(axum::Json(
-        state.destinations.patch(&id, input).await?.view(),
-    ))
+    check_owned(&state, &access, &id).await?;
+    let destination = state.destinations.patch(&id, input).await?;
+    access.audit(
+        "destination.patch",
+        destination.tenant.as_str(),
+        id.as_str(),
+    );
+    Ok(axum::Json(destination.view()))
 }
 
 /// Delete a destination and its consumer; events waiting for it are dropped with it.
@@ -128,10 +178,17 @@ pub async fn patch(
     responses((status = 204), (status = 404)))]
 pub async fn remove(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = destination_id(&id)?;
+    check_owned(&state, &access, &id).await?;
     state.destinations.delete(&id).await?;
+    access.audit(
+        "destination.delete",
+        access.tenant().map_or("*", |t| t.as_str()),
+        id.as_str(),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -149,10 +206,12 @@ pub struct RotateSecret {
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<DestinationView>, ApiError> {
     let id = destination_id(&id)?;
+    check_owned(&state, &access, &id).await?;
     let request: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
         RotateSecret::default()
     } else {
@@ -168,6 +227,11 @@ pub async fn rotate_secret(
         .destinations
         .rotate_secret(&id, request.secret, grace)
         .await?;
+    access.audit(
+        "destination.rotate_secret",
+        destination.tenant.as_str(),
+        id.as_str(),
+    );
     let mut view = destination.view();
     view.secret = Some(key.expose());
     Ok(axum::Json(view))
@@ -178,12 +242,28 @@ pub async fn rotate_secret(
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn pause(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DestinationView>, ApiError> {
+    set_paused(state, access, id, true).await
+}
+
+async fn set_paused(
+    state: AppState,
+    access: Access,
+    id: String,
+    paused: bool,
+) -> Result<axum::Json<DestinationView>, ApiError> {
     let id = destination_id(&id)?;
-    Ok(axum::Json(
-        state.destinations.set_paused(&id, true).await?.view(),
-    ))
+    check_owned(&state, &access, &id).await?;
+    let destination = state.destinations.set_paused(&id, paused).await?;
+    let action = if paused {
+        "destination.pause"
+    } else {
+        "destination.resume"
+    };
+    access.audit(action, destination.tenant.as_str(), id.as_str());
+    Ok(axum::Json(destination.view()))
 }
 
 /// Send again, starting with what waited during the pause.
@@ -191,12 +271,10 @@ pub async fn pause(
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn resume(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DestinationView>, ApiError> {
-    let id = destination_id(&id)?;
-    Ok(axum::Json(
-        state.destinations.set_paused(&id, false).await?.view(),
-    ))
+    set_paused(state, access, id, false).await
 }
 
 /// Send a `hookstream.test` event to this destination only.
@@ -204,18 +282,20 @@ pub async fn resume(
     responses((status = 202, body = crate::ingest::Accepted), (status = 404)))]
 pub async fn send_test(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = destination_id(&id)?;
-    let (destination, _) = state
-        .destinations
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("destination {id} not found")))?;
+    let destination = owned(&state, &access, &id).await?;
     let event = crate::destinations::test_event(&destination);
     let accepted = state
         .ingestor
         .ingest(event, None, &TraceContext::default())
         .await?;
+    access.audit(
+        "destination.test",
+        destination.tenant.as_str(),
+        &accepted.id,
+    );
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }

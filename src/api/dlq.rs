@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::access::Access;
 use super::json::{ApiJson, parse};
 use super::{AppState, bad_request};
 use crate::dlq::purge::{self, PurgeReport, PurgeRequest};
@@ -130,7 +131,7 @@ pub struct DeadLetterList {
 }
 
 fn selection(
-    tenant: Option<String>,
+    tenant: Option<TenantId>,
     destination_id: Option<String>,
     event_type: Option<String>,
     since: Option<DateTime<Utc>>,
@@ -142,10 +143,7 @@ fn selection(
         return Err(ApiError::Invalid("since is after until".into()));
     }
     Ok(Selection {
-        tenant: tenant
-            .map(TenantId::parse)
-            .transpose()
-            .map_err(bad_request)?,
+        tenant,
         destination: destination_id
             .map(DestinationId::parse)
             .transpose()
@@ -168,9 +166,11 @@ fn cursor(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
     responses((status = 200, body = DeadLetterList), (status = 400)))]
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<axum::Json<DeadLetterList>, ApiError> {
     let Query(q) = query.map_err(bad_request)?;
+    let tenant = access.scope_text(q.tenant.as_deref())?;
     let limit = match q.limit {
         None => 100,
         Some(n @ 1..=1000) => n,
@@ -180,7 +180,7 @@ pub async fn list(
         ListOrder::Oldest => Order::Oldest,
         ListOrder::Newest => Order::Newest,
     };
-    let selection = selection(q.tenant, q.destination_id, q.event_type, q.since, q.until)?;
+    let selection = selection(tenant, q.destination_id, q.event_type, q.since, q.until)?;
     let page = browse::list(
         &state.broker,
         &selection,
@@ -209,23 +209,40 @@ fn dead_letter_id(raw: &str) -> Result<u64, ApiError> {
     responses((status = 200, body = DeadLetterView), (status = 404)))]
 pub async fn read(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeadLetterView>, ApiError> {
     let id = dead_letter_id(&id)?;
-    let letter = browse::get(&state.broker, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("dead letter {id} not found")))?;
+    let letter = owned_letter(&state, &access, id).await?;
     Ok(axum::Json(DeadLetterView::from_letter(letter, true)))
+}
+
+/// The dead letter, if it exists and is the key's: another tenant's is "not found" too.
+async fn owned_letter(
+    state: &AppState,
+    access: &Access,
+    id: u64,
+) -> Result<StoredDeadLetter, ApiError> {
+    browse::get(&state.broker, id)
+        .await?
+        .filter(|l| access.owns(&l.tenant))
+        .ok_or_else(|| ApiError::NotFound(format!("dead letter {id} not found")))
 }
 
 /// Delete one dead letter without sending it.
 #[utoipa::path(delete, path = "/v1/dlq/{id}", responses((status = 204), (status = 404)))]
 pub async fn remove(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = dead_letter_id(&id)?;
+    let tenant = match access.tenant() {
+        Some(_) => owned_letter(&state, &access, id).await?.tenant,
+        None => "*".to_string(),
+    };
     purge::delete_one(&state.broker, id).await?;
+    access.audit("dead_letter.delete", &tenant, &id.to_string());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -260,7 +277,12 @@ impl DeadLetterSelection {
             || self.until.is_some()
     }
 
-    fn into_parts(self) -> Result<(Target, Option<Cursor>, usize, bool), ApiError> {
+    /// The target, cursor, limit and dry-run flag, with the tenant held to the key's.
+    fn into_parts(
+        self,
+        access: &Access,
+    ) -> Result<(Target, Option<Cursor>, usize, bool), ApiError> {
+        let tenant = access.scope_text(self.tenant.as_deref())?;
         let limit = match self.limit {
             None => DEFAULT_BATCH,
             Some(n @ 1..=MAX_BATCH) => n,
@@ -288,7 +310,7 @@ impl DeadLetterSelection {
             }
             Some(ids) => Target::Ids(ids),
             None => Target::Filter(selection(
-                self.tenant,
+                tenant,
                 self.destination_id,
                 self.event_type,
                 self.since,
@@ -406,15 +428,17 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     ))]
 pub async fn replay(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> Result<axum::Json<ReplayAnswer>, ApiError> {
     let enable_destination = body.enable_destination;
-    let (target, cursor, limit, dry_run) = body.selection().into_parts()?;
+    let (target, cursor, limit, dry_run) = body.selection().into_parts(&access)?;
     let report = replay::replay(
         &state.broker,
         &state.destinations,
         ReplayRequest {
             target,
+            tenant: access.tenant().cloned(),
             cursor,
             limit,
             enable_destination,
@@ -422,6 +446,13 @@ pub async fn replay(
         },
     )
     .await?;
+    if !dry_run {
+        access.audit(
+            "dead_letter.replay",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{} replayed", report.replayed),
+        );
+    }
     Ok(axum::Json(ReplayAnswer::new(report, dry_run)))
 }
 
@@ -452,6 +483,7 @@ impl PurgeAnswer {
     responses((status = 200, body = PurgeAnswer), (status = 400)))]
 pub async fn purge(
     State(state): State<AppState>,
+    access: Access,
     body: Bytes,
 ) -> Result<axum::Json<PurgeAnswer>, ApiError> {
     let request: DeadLetterSelection = optional_body(&body)?;
@@ -462,16 +494,24 @@ pub async fn purge(
                 .into(),
         ));
     }
-    let (target, cursor, limit, dry_run) = request.into_parts()?;
+    let (target, cursor, limit, dry_run) = request.into_parts(&access)?;
     let report = purge::purge(
         &state.broker,
         PurgeRequest {
             target,
+            tenant: access.tenant().cloned(),
             cursor,
             limit,
             dry_run,
         },
     )
     .await?;
+    if !dry_run {
+        access.audit(
+            "dead_letter.purge",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{} purged", report.purged),
+        );
+    }
     Ok(axum::Json(PurgeAnswer::new(report, dry_run)))
 }

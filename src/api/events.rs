@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
+use super::access::Access;
 use super::json::{ApiJson, parse};
 use super::{AppState, bad_request};
 use crate::error::ApiError;
@@ -85,9 +86,11 @@ fn accepted_response(accepted: Accepted) -> Response {
     ))]
 pub async fn post_event(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
-    ApiJson(event): ApiJson<NewEvent>,
+    ApiJson(mut event): ApiJson<NewEvent>,
 ) -> Result<Response, ApiError> {
+    event.tenant = access.scope(event.tenant.take())?;
     let key = idempotency_key(&headers)?;
     let accepted = state
         .ingestor
@@ -125,6 +128,7 @@ pub struct BatchItem {
     ))]
 pub async fn post_batch(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
@@ -143,11 +147,13 @@ pub async fn post_batch(
         futures::stream::iter(batch.events.into_iter().zip(turns).enumerate())
             .map(|(i, (raw, turn))| {
                 let state = state.clone();
+                let access = access.clone();
                 let trace = trace.clone();
                 // A batch-level key makes each item's key `<key>/<index>`.
                 let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
                 async move {
-                    let event: NewEvent = parse(raw.get().as_bytes())?;
+                    let mut event: NewEvent = parse(raw.get().as_bytes())?;
+                    event.tenant = access.scope(event.tenant.take())?;
                     Ok(state
                         .ingestor
                         .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
@@ -232,17 +238,28 @@ pub fn deliveries(state: &AppState) -> Deliveries<'_> {
     }
 }
 
+/// The event, if it exists and is the key's to see: another tenant's is "not found" too.
+async fn owned_event(
+    state: &AppState,
+    access: &Access,
+    id: &EventId,
+) -> Result<history::StoredEvent, ApiError> {
+    history::find_event(&state.broker, id)
+        .await?
+        .filter(|stored| access.owns(&stored.tenant))
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))
+}
+
 /// The event and its delivery status per destination.
 #[utoipa::path(get, path = "/v1/events/{id}",
     responses((status = 200, body = EventView), (status = 404, description = "Unknown id")))]
 pub async fn get_event(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<EventView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = history::find_event(&state.broker, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let stored = owned_event(&state, &access, &id).await?;
     let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
     let event = history::event_ref(&stored, id.as_str());
     let deliveries = deliveries(&state).of_event(&event, attempts).await?;
@@ -294,16 +311,18 @@ pub struct EventList {
     ))]
 pub async fn list_events(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<axum::Json<EventList>, ApiError> {
     let Query(q) = query.map_err(bad_request)?;
+    let tenant = access.scope_text(q.tenant.as_deref())?;
     let limit = super::Page {
         limit: q.limit,
         cursor: None,
         tenant: None,
     }
     .limit()?;
-    let search = search_query(&state, q.tenant, q.event_type, q.destination_id).await?;
+    let search = search_query(&state, &access, tenant, q.event_type, q.destination_id).await?;
     let search = events::Query {
         since: q.since,
         until: q.until,
@@ -318,18 +337,16 @@ pub async fn list_events(
     }))
 }
 
-/// The filters of a search that need checking or a look-up: tenant, type pattern and
-/// destination (404 when unknown or of another tenant).
+/// The filters of a search that need checking or a look-up: type pattern and
+/// destination (404 when unknown, not the key's, or of another tenant than `tenant`,
+/// the scope the caller got from `access`).
 pub async fn search_query(
     state: &AppState,
-    tenant: Option<String>,
+    access: &Access,
+    tenant: Option<TenantId>,
     event_type: Option<String>,
     destination_id: Option<String>,
 ) -> Result<events::Query, ApiError> {
-    let tenant = tenant
-        .map(TenantId::parse)
-        .transpose()
-        .map_err(bad_request)?;
     let event_type = event_type
         .map(EventPattern::parse)
         .transpose()
@@ -340,7 +357,7 @@ pub async fn search_query(
             let missing = || ApiError::NotFound(format!("destination {raw} not found"));
             let id = DestinationId::parse(raw.clone()).map_err(|_| missing())?;
             let (d, _) = state.destinations.get(&id).await?.ok_or_else(missing)?;
-            if tenant.as_ref().is_some_and(|t| t != &d.tenant) {
+            if !access.owns(d.tenant.as_str()) || tenant.as_ref().is_some_and(|t| t != &d.tenant) {
                 return Err(missing());
             }
             Some(d)
@@ -371,12 +388,11 @@ pub struct AttemptsView {
     responses((status = 200, body = AttemptsView), (status = 404, description = "Unknown id")))]
 pub async fn get_attempts(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<axum::Json<AttemptsView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = history::find_event(&state.broker, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
+    let stored = owned_event(&state, &access, &id).await?;
     let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
     for a in history::attempts_of(&state.broker, &stored.tenant, &id).await? {
         per_destination
@@ -428,6 +444,7 @@ pub struct ResendAnswer {
     ))]
 pub async fn resend(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -441,9 +458,17 @@ pub async fn resend(
         &state.broker,
         &state.destinations,
         &id,
+        access.tenant(),
         request.destination_id.as_ref(),
     )
     .await?;
+    for r in &resent {
+        access.audit(
+            "event.resend",
+            access.tenant().map_or("*", |t| t.as_str()),
+            &format!("{id} -> {}", r.destination_id),
+        );
+    }
     let answer = ResendAnswer {
         event_id: id.to_string(),
         resent: resent

@@ -1,7 +1,9 @@
 //! The HTTP API: one router per resource, the shared state, and the middleware that every
 //! route goes through (body limit, timeout, request metrics, Retry-After on 503, the
-//! request's server span).
+//! request's server span, and the access guard of `/v1`: `access.rs`).
 
+pub mod access;
+pub mod api_keys;
 pub mod destinations;
 pub mod dlq;
 pub mod events;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The console's throughput samples.
     pub console: Arc<crate::console::throughput::Samples>,
+    /// Every valid API key, checked by `access::guard`.
+    pub keys: crate::access::KeyStore,
 }
 
 impl AppState {
@@ -65,10 +69,13 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(crate::console::router())
+        .merge(api_keys::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())
         })
+        // Innermost: a 401 or 403 is counted and gets the other layers like any answer.
+        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .layer(middleware::from_fn_with_state(
             retry_after,
             retry_after_on_503,
@@ -81,6 +88,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         // Outermost: the server span covers the whole request, timeout included.
         .layer(middleware::from_fn(traced::trace_requests))
+        .with_state(state)
+}
+
+/// What a worker-only process serves: health and metrics (`/metrics` behind an admin
+/// key when `api.auth.protect_metrics`).
+pub fn worker_router(state: AppState) -> Router {
+    health::router()
+        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .with_state(state)
 }
 

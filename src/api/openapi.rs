@@ -5,7 +5,22 @@ use axum::routing::get;
 use utoipa::OpenApi;
 
 use super::AppState;
-use super::{destinations, dlq, events, health, stats};
+use super::{api_keys, destinations, dlq, events, health, stats};
+
+/// Every error answer: `{"error":{"code","message"}}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only: the body is built by `ApiError::body`
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: `unauthorized`, `forbidden`, `not_found`, `invalid_json`, …
+    pub code: String,
+    pub message: String,
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +54,9 @@ use super::{destinations, dlq, events, health, stats};
         health::healthz,
         health::readyz,
         health::metrics,
+        api_keys::create_key,
+        api_keys::list_keys,
+        api_keys::delete_key,
     ),
     components(schemas(
         crate::model::NewEvent,
@@ -65,6 +83,12 @@ use super::{destinations, dlq, events, health, stats};
         dlq::PurgeAnswer,
         dlq::SkippedView,
         stats::StatsList,
+        api_keys::NewApiKey,
+        api_keys::ApiKeyView,
+        api_keys::ApiKeyList,
+        crate::access::Role,
+        ErrorBody,
+        ErrorDetail,
     ))
 )]
 pub struct ApiDoc;

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::access::Access;
 use super::{AppState, Page, bad_request};
 use crate::broker::consumers;
 use crate::delivery::stats::read_totals;
@@ -47,16 +48,14 @@ pub struct StatsList {
 #[utoipa::path(get, path = "/v1/stats", params(Page), responses((status = 200, body = StatsList)))]
 pub async fn stats(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<Page>, QueryRejection>,
 ) -> Result<axum::Json<StatsList>, ApiError> {
     let Query(page) = query.map_err(bad_request)?;
+    let tenant = access.scope(page.tenant()?)?;
     let (destinations, next_cursor) = state
         .destinations
-        .list(
-            page.tenant()?.as_ref(),
-            page.cursor.as_deref(),
-            page.limit()?,
-        )
+        .list(tenant.as_ref(), page.cursor.as_deref(), page.limit()?)
         .await?;
     let data = futures::stream::iter(destinations)
         .map(|d| {

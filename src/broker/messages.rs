@@ -20,6 +20,9 @@ struct ApiError {
     description: String,
 }
 
+/// nats-server's `JSStreamMsgDeleteFailedF`.
+const MSG_DELETE_FAILED: u64 = 10057;
+
 /// Deletes message `seq` of `stream`: `Ok(false)` when there is no such message.
 ///
 /// `no_erase`: the server marks the message deleted without first overwriting its bytes
@@ -39,7 +42,10 @@ pub async fn delete(js: &Context, stream: &str, seq: u64) -> Result<bool, Broker
         None => Ok(answer.success),
         Some(e)
             if e.err_code == ErrorCode::NO_MESSAGE_FOUND.0
-                || e.err_code == ErrorCode::SEQUENCE_NOT_FOUND.0 =>
+                || e.err_code == ErrorCode::SEQUENCE_NOT_FOUND.0
+                // A sequence past the stream's last: nats-server answers its generic
+                // delete failure (10057) with "stream store EOF".
+                || (e.err_code == MSG_DELETE_FAILED && e.description.contains("EOF")) =>
         {
             Ok(false)
         }

@@ -12,6 +12,8 @@ pub const DESTINATIONS_BUCKET: &str = "hs_destinations";
 pub const IDEMPOTENCY_BUCKET: &str = "hs_idempotency";
 pub const RATELIMIT_BUCKET: &str = "hs_ratelimit";
 pub const CIRCUIT_BUCKET: &str = "hs_circuit";
+/// API keys: id → tenant, role, name and the key's SHA-256 (never the key).
+pub const API_KEYS_BUCKET: &str = "hs_api_keys";
 
 /// Header names on messages of `HS_EVENTS` and `HS_DLQ`.
 pub mod headers {

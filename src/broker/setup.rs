@@ -139,6 +139,20 @@ pub fn circuit_bucket(cfg: &Config) -> kv::Config {
     }
 }
 
+/// API keys (`src/access/store.rs`): one small record per tenant or ingest key, the key
+/// itself never, only its hash. Watched by every replica.
+pub fn api_keys_bucket(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: names::API_KEYS_BUCKET.into(),
+        description: "hookstream: API keys (hashes only)".into(),
+        history: 1,
+        max_value_size: 4096,
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
 /// Creates the stream, or updates it when a field hookstream owns differs. Safe when
 /// several replicas start at once: a lost creation race is resolved by the next round.
 pub async fn ensure_stream(

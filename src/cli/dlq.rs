@@ -39,6 +39,8 @@ pub enum CliError {
     Usage(String),
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("the API key (--api-key, HOOKSTREAM_API_KEY) holds characters a header cannot carry")]
+    ApiKey,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +53,15 @@ pub struct DlqArgs {
         global = true
     )]
     pub url: String,
+    /// API key sent as `Authorization: Bearer` (an admin key, or a tenant key for its
+    /// own dead letters).
+    #[arg(
+        long,
+        env = "HOOKSTREAM_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_key: Option<String>,
     #[command(subcommand)]
     pub command: DlqCommand,
 }
@@ -159,7 +170,7 @@ const IDS_PER_REQUEST: usize = 1000;
 const COUNT_PAGE: u64 = 10_000;
 
 pub async fn run(args: DlqArgs) -> Result<(), CliError> {
-    let api = Api::new(&args.url)?;
+    let api = Api::new(&args.url, args.api_key.as_deref())?;
     let mut out = std::io::stdout().lock();
     match args.command {
         DlqCommand::List(a) => list(&api, a, &mut out).await,
@@ -462,9 +473,18 @@ struct Api {
 }
 
 impl Api {
-    fn new(base: &str) -> Result<Self, CliError> {
+    fn new(base: &str, api_key: Option<&str>) -> Result<Self, CliError> {
         let parsed = url::Url::parse(base).map_err(|e| CliError::Url(base.to_string(), e))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key.map(str::trim).filter(|k| !k.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| CliError::ApiKey)?;
+            // Kept out of reqwest's debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             // A page of 10,000 dead letters takes seconds; the service's own request
             // timeout (api.request_timeout_ms) answers 503 before this.
             .timeout(Duration::from_secs(120))

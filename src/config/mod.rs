@@ -89,6 +89,40 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
     pub retry_after_secs: u64,
+    pub auth: AuthConfig,
+}
+
+/// Who may use the API (`[api.auth]`, `src/access/`, docs/adr/0009).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Admin keys: the key itself, or `sha256:<64 hex>` (its SHA-256), so a file need not
+    /// hold the key. Env `HOOKSTREAM_ADMIN_API_KEYS` (commas). `Debug` prints none.
+    pub admin_keys: AdminKeys,
+    /// `/metrics` needs an admin key too.
+    pub protect_metrics: bool,
+}
+
+/// `keys`: every `/v1` request needs a key; with no admin key configured the API is open
+/// on a loopback address only (one warning) and refuses to start on any other.
+/// `off`: open to anyone who can reach it, wherever it listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Keys,
+    Off,
+}
+
+/// The configured admin keys; never printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdminKeys(pub Vec<String>);
+
+impl std::fmt::Debug for AdminKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} admin keys redacted]", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,7 +284,8 @@ impl Config {
     }
 
     /// The names the contract promises: `HOOKSTREAM_NATS_URL`, `HOOKSTREAM_LISTEN`,
-    /// `HOOKSTREAM_ALLOW_PRIVATE_NETWORKS` and `HOOKSTREAM_SSRF_ALLOWLIST` (commas).
+    /// `HOOKSTREAM_ALLOW_PRIVATE_NETWORKS`, `HOOKSTREAM_SSRF_ALLOWLIST` and
+    /// `HOOKSTREAM_ADMIN_API_KEYS` (commas).
     fn contract_env() -> Result<serde_json::Value, ConfigError> {
         let mut out = serde_json::json!({});
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -259,6 +294,15 @@ impl Config {
         }
         if let Some(listen) = var("HOOKSTREAM_LISTEN") {
             out["api"] = serde_json::json!({ "listen": listen });
+        }
+        if let Some(keys) = var("HOOKSTREAM_ADMIN_API_KEYS") {
+            let keys: Vec<String> = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            out["api"]["auth"] = serde_json::json!({ "admin_keys": keys });
         }
         let mut security = serde_json::Map::new();
         if let Some(flag) = var("HOOKSTREAM_ALLOW_PRIVATE_NETWORKS") {
@@ -405,6 +449,8 @@ impl Config {
         if self.idempotency.ttl_secs == 0 {
             return Err(invalid("idempotency.ttl_secs", "must be positive"));
         }
+        crate::access::keys::parse_admin_keys(&self.api.auth.admin_keys.0)
+            .map_err(|why| invalid("api.auth.admin_keys", why.to_string()))?;
         for entry in &self.security.ssrf_allowlist {
             if entry.trim().is_empty() {
                 return Err(invalid(

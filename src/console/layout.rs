@@ -31,8 +31,8 @@ pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                         a href="/console/events" { "Events" }
                         a href="/console/dlq" { "Dead letters" }
                         span.who {
-                            (viewer.key_id)
-                            @if let Some(t) = &viewer.tenant { " · tenant " (t) } @else { " · admin" }
+                            (viewer.key_id())
+                            @if let Some(t) = viewer.tenant() { " · tenant " (t) } @else { " · admin" }
                         }
                         form.inline method="post" action="/console/sign-out" {
                             (csrf(viewer))

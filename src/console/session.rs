@@ -4,8 +4,9 @@
 //! `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's page sends it),
 //! `Secure` when the request came over TLS or through a proxy saying
 //! `X-Forwarded-Proto: https`, `Path=/console`. Every request checks the key again
-//! through [`principal_of`], the one place the console asks who someone is, so a deleted
-//! key ends its sessions on every replica at once and no session store is needed.
+//! through [`principal_of`], which asks the API's key store (`access`), so a deleted key
+//! ends its sessions on every replica as fast as its API use, and no session store is
+//! needed.
 //!
 //! A form carries a CSRF token: the HMAC-SHA256 of a fixed label under the session's
 //! key. Only the holder of the cookie can know it (the cookie is unreadable to scripts
@@ -18,44 +19,45 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::ConsoleError;
+use crate::access::Role;
 use crate::api::AppState;
+use crate::api::access::Access;
 use crate::model::TenantId;
 
 pub const COOKIE: &str = "hs_console";
 /// The session value while the API runs open (no keys configured).
 const OPEN: &str = "open";
 
-/// Who is looking: the key's id (never the key) and, for a tenant key, its tenant.
-#[derive(Debug, Clone)]
+/// Who is looking: the API's [`Access`] of the session's key (the same `scope` and
+/// `owns` as every `/v1` route), and this session's CSRF token for the page's forms.
+#[derive(Clone)]
 pub struct Viewer {
-    pub key_id: String,
-    /// `None`: an admin, who sees every tenant.
-    pub tenant: Option<TenantId>,
-    /// This session's CSRF token, for the forms of the page.
+    pub access: Access,
     pub csrf: String,
 }
 
 impl Viewer {
-    /// The tenant to act on for a request naming `requested`: a tenant key's own (another
-    /// one is refused, 403), or what an admin asked for (`None`: every tenant).
+    pub fn key_id(&self) -> &str {
+        self.access.key_id()
+    }
+
+    /// `None`: an admin, who sees every tenant.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.access.tenant()
+    }
+
+    /// The tenant to act on for a request naming `requested` (403 for another tenant).
     pub fn scope(&self, requested: Option<TenantId>) -> Result<Option<TenantId>, ConsoleError> {
-        match (&self.tenant, requested) {
-            (None, requested) => Ok(requested),
-            (Some(own), None) => Ok(Some(own.clone())),
-            (Some(own), Some(r)) if &r == own => Ok(Some(r)),
-            (Some(_), Some(_)) => Err(ConsoleError::Forbidden(
-                "this key may only see its own tenant".into(),
-            )),
-        }
+        Ok(self.access.scope(requested)?)
     }
 
     /// Whether a thing of `tenant` found by id is the viewer's to see (not: 404).
     pub fn owns(&self, tenant: &str) -> bool {
-        self.tenant.as_ref().is_none_or(|t| t.as_str() == tenant)
+        self.access.owns(tenant)
     }
 
     pub fn is_admin(&self) -> bool {
-        self.tenant.is_none()
+        self.access.role() == Role::Admin
     }
 
     /// Refuses a form whose token is not this session's.
@@ -89,24 +91,27 @@ fn csrf_of(session: &str) -> String {
         .collect()
 }
 
-/// The one access check of the console: the principal of a session value. The API
-/// runs open (no key configured) on this branch, so every session is the open admin;
-/// any other value is refused like an unknown key.
-pub fn principal_of(_state: &AppState, session: &str) -> Result<Viewer, ConsoleError> {
-    if session == OPEN {
-        return Ok(Viewer {
-            key_id: "open".into(),
-            tenant: None,
-            csrf: csrf_of(session),
-        });
+/// The one access check of the console: the principal of a session value, through the
+/// API's key store (the open session only while the API runs without keys). An ingest
+/// key may only send events: 403, as on the API's read routes.
+pub fn principal_of(state: &AppState, session: &str) -> Result<Viewer, ConsoleError> {
+    let presented = (session != OPEN).then_some(session);
+    let principal = state.keys.authenticate(presented).map_err(|_| {
+        ConsoleError::Unauthorized("the API key is not valid (unknown or deleted)".into())
+    })?;
+    if principal.role == Role::Ingest {
+        return Err(ConsoleError::Forbidden(
+            "an ingest key may only send events; sign in with a tenant or admin key".into(),
+        ));
     }
-    Err(ConsoleError::Unauthorized(
-        "the API key is not valid (unknown or deleted)".into(),
-    ))
+    Ok(Viewer {
+        access: Access::new(principal),
+        csrf: csrf_of(session),
+    })
 }
 
 /// What the sign-in form turns into a session value: the key as typed, or the open
-/// session while the API runs without keys.
+/// session (an empty key) while the API runs without keys.
 pub fn session_for_key(state: &AppState, key: &str) -> Result<String, ConsoleError> {
     let key = key.trim();
     let session = if key.is_empty() { OPEN } else { key };
@@ -167,16 +172,27 @@ impl FromRequestParts<AppState> for Viewer {
 mod tests {
     use super::*;
 
+    fn viewer(tenant: Option<&str>, csrf: String) -> Viewer {
+        Viewer {
+            access: Access::new(std::sync::Arc::new(crate::access::Principal {
+                key_id: "key_1".into(),
+                role: if tenant.is_some() {
+                    Role::Tenant
+                } else {
+                    Role::Admin
+                },
+                tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+            })),
+            csrf,
+        }
+    }
+
     #[test]
     fn csrf_tokens_differ_per_session_and_check_exactly() {
         let a = csrf_of("hsk_a");
         assert_eq!(a.len(), 64);
         assert_ne!(a, csrf_of("hsk_b"));
-        let viewer = Viewer {
-            key_id: "k".into(),
-            tenant: None,
-            csrf: a.clone(),
-        };
+        let viewer = viewer(None, a.clone());
         assert!(viewer.check_csrf(&a).is_ok());
         assert!(viewer.check_csrf(&csrf_of("hsk_b")).is_err());
         assert!(viewer.check_csrf("").is_err());
@@ -185,11 +201,7 @@ mod tests {
     #[test]
     fn a_tenant_viewer_is_held_to_its_tenant() {
         let acme = TenantId::parse("acme").unwrap();
-        let viewer = Viewer {
-            key_id: "k".into(),
-            tenant: Some(acme.clone()),
-            csrf: String::new(),
-        };
+        let viewer = viewer(Some("acme"), String::new());
         assert_eq!(viewer.scope(None).unwrap(), Some(acme.clone()));
         assert!(
             viewer
@@ -197,6 +209,7 @@ mod tests {
                 .is_err()
         );
         assert!(viewer.owns("acme") && !viewer.owns("globex"));
+        assert!(!viewer.is_admin());
     }
 
     #[test]

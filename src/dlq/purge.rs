@@ -12,6 +12,7 @@ use super::DlqError;
 use super::replay::{ReplayReport, Target, select_letters};
 use super::select::Cursor;
 use crate::broker::{Broker, BrokerError, messages, names};
+use crate::model::TenantId;
 
 /// Deletes in flight at once.
 const CONCURRENCY: usize = 32;
@@ -19,6 +20,8 @@ const CONCURRENCY: usize = 32;
 #[derive(Debug, Clone)]
 pub struct PurgeRequest {
     pub target: Target,
+    /// Only dead letters of this tenant (a tenant key's); see `ReplayRequest::tenant`.
+    pub tenant: Option<TenantId>,
     pub cursor: Option<Cursor>,
     pub limit: usize,
     /// Count only.
@@ -65,6 +68,10 @@ async fn delete(broker: &Broker, seq: u64) -> Result<bool, DlqError> {
 
 pub async fn purge(broker: &Broker, request: PurgeRequest) -> Result<PurgeReport, DlqError> {
     if let Target::Filter(selection) = &request.target
+        && request
+            .tenant
+            .as_ref()
+            .is_none_or(|t| selection.tenant.as_ref() == Some(t))
         && selection.is_by_subject_only()
         && request.cursor.is_none()
         && !request.dry_run
@@ -95,6 +102,7 @@ pub async fn purge(broker: &Broker, request: PurgeRequest) -> Result<PurgeReport
     let (letters, next) = select_letters(
         broker,
         &request.target,
+        request.tenant.as_ref(),
         request.cursor,
         request.limit,
         &mut selected,

@@ -31,7 +31,7 @@ use super::{DlqError, purge};
 use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;
-use crate::model::{Destination, DestinationId, Envelope};
+use crate::model::{Destination, DestinationId, Envelope, TenantId};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -51,6 +51,9 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct ReplayRequest {
     pub target: Target,
+    /// Only dead letters of this tenant (a tenant key's); listed ids of another tenant
+    /// are reported as not found, and a named destination of another as deleted.
+    pub tenant: Option<TenantId>,
     /// Go on from here (the `next_cursor` of the previous call); filters only.
     pub cursor: Option<Cursor>,
     /// Dead letters handled in this call at most.
@@ -148,7 +151,8 @@ pub async fn replay(
     }) = &request.target
     {
         // Refused before anything is read, even when it has no dead letters.
-        let standing = standing_of(store, id.as_str(), None).await?;
+        let tenant = request.tenant.as_ref().map(TenantId::as_str);
+        let standing = standing_of(store, id.as_str(), tenant).await?;
         if let Some(refused) = standing.refusal(id.as_str(), 0)
             && !(request.enable_destination && matches!(standing, Standing::Disabled(_)))
         {
@@ -159,6 +163,7 @@ pub async fn replay(
     let (letters, next) = select_letters(
         broker,
         &request.target,
+        request.tenant.as_ref(),
         request.cursor,
         request.limit,
         &mut report,
@@ -275,6 +280,7 @@ pub async fn replay(
 pub(super) async fn select_letters(
     broker: &Broker,
     target: &Target,
+    tenant: Option<&TenantId>,
     cursor: Option<Cursor>,
     limit: usize,
     report: &mut ReplayReport,
@@ -293,13 +299,25 @@ pub(super) async fn select_letters(
             let mut letters = Vec::with_capacity(ids.len());
             for (id, letter) in ids.into_iter().zip(read) {
                 match letter? {
-                    Some(l) => letters.push(l),
-                    None => report.not_found.push(id),
+                    Some(l) if tenant.is_none_or(|t| t.as_str() == l.tenant) => letters.push(l),
+                    _ => report.not_found.push(id),
                 }
             }
             Ok((letters, None))
         }
         Target::Filter(selection) => {
+            // A caller's scope narrows the filter whatever the filter said.
+            let scoped;
+            let selection = match tenant {
+                Some(t) if selection.tenant.as_ref() != Some(t) => {
+                    scoped = Selection {
+                        tenant: Some(t.clone()),
+                        ..selection.clone()
+                    };
+                    &scoped
+                }
+                _ => selection,
+            };
             let budget = limit.saturating_mul(SCAN_FACTOR).max(10_000);
             let scan =
                 select::scan(broker, selection, Order::Oldest, cursor, limit, budget).await?;

@@ -6,7 +6,8 @@
 //!
 //! Without a destination, the event goes again to every destination it was attempted
 //! at (its attempt records say which) that still exists; with one, to that destination,
-//! which must belong to the event's tenant.
+//! which must belong to the event's tenant. With a tenant (a tenant key's), an event of
+//! another tenant is not found.
 
 use std::collections::BTreeSet;
 
@@ -19,7 +20,7 @@ use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;
 use crate::history;
-use crate::model::{DestinationId, Envelope, EventId};
+use crate::model::{DestinationId, Envelope, EventId, TenantId};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -35,11 +36,14 @@ pub async fn resend(
     broker: &Broker,
     store: &DestinationStore,
     event_id: &EventId,
+    tenant: Option<&TenantId>,
     destination: Option<&DestinationId>,
 ) -> Result<Vec<Resent>, DlqError> {
     let not_found = || DlqError::NotFound(format!("event {event_id} not found"));
+    // Another tenant's event is not found either: nothing tells it exists.
     let stored = history::find_event(broker, event_id)
         .await?
+        .filter(|s| tenant.is_none_or(|t| t.as_str() == s.tenant))
         .ok_or_else(not_found)?;
     let message = match broker.events.direct_get(stored.seq).await {
         Ok(message) => message,

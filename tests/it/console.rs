@@ -28,7 +28,10 @@ impl Browser {
         let response = client
             .post(format!("{base}/console/sign-in"))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("key={key}"))
+            .body(format!(
+                "key={}",
+                percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+            ))
             .send()
             .await
             .unwrap();
@@ -272,4 +275,106 @@ async fn console_pages_need_a_session_and_show_destinations_events_and_dead_lett
             .unwrap()
             .contains("Max-Age=0")
     );
+}
+
+#[tokio::test]
+async fn a_tenant_key_sees_only_its_tenant_in_the_console() {
+    use crate::common::keys::{ADMIN_KEY, Keyed, make_key, spawn_keyed_app};
+    let app = spawn_keyed_app().await;
+    let admin = Keyed::new(&app, Some(ADMIN_KEY));
+    let receiver = Receiver::start().await;
+    let mut ids = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let (status, d) = admin
+            .post(
+                "/v1/destinations",
+                json!({"tenant": tenant, "url": receiver.url("/r"), "event_types": [">"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{d}");
+        let (status, e) = admin
+            .post(
+                "/v1/events",
+                json!({"tenant": tenant, "type": "a.b", "data": {}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{e}");
+        ids.push((
+            d["id"].as_str().unwrap().to_string(),
+            e["id"].as_str().unwrap().to_string(),
+        ));
+    }
+    let ((mine, my_event), (theirs, their_event)) = (ids[0].clone(), ids[1].clone());
+
+    // With keys required, the open session is gone and a wrong key is refused.
+    assert_eq!(
+        Browser::sign_in(&app, "").await.err().map(|e| e.0),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let (_, ingest) = make_key(&app, "acme", "ingest").await;
+    assert_eq!(
+        Browser::sign_in(&app, &ingest).await.err().map(|e| e.0),
+        Some(StatusCode::FORBIDDEN)
+    );
+    let (key_id, key) = make_key(&app, "acme", "tenant").await;
+    let browser = Browser::sign_in(&app, &key)
+        .await
+        .expect("a tenant key signs in");
+
+    let (status, page) = browser.get("/console/destinations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&mine) && !page.contains(&theirs), "{page}");
+    let (status, page) = browser.get("/console/events").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&my_event) && !page.contains(&their_event),
+        "{page}"
+    );
+    for path in [
+        format!("/console/destinations/{theirs}"),
+        format!("/console/events/{their_event}"),
+        format!("/console/events?destination_id={theirs}"),
+    ] {
+        let (status, _) = browser.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    for path in [
+        "/console/events?tenant=globex",
+        "/console/destinations?tenant=globex",
+        "/console/dlq?tenant=globex",
+    ] {
+        let (status, _) = browser.get(path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, page) = browser.get(&format!("/console/destinations/{mine}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = Browser::csrf(&page);
+    let (status, _) = browser
+        .post(
+            &format!("/console/destinations/{theirs}/pause"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, view) = admin.get(&format!("/v1/destinations/{theirs}")).await;
+    assert_eq!(
+        view["paused"], false,
+        "another tenant's destination is untouched"
+    );
+
+    // Deleting the key ends the session.
+    let (status, _) = admin.delete(&format!("/v1/api-keys/{key_id}")).await;
+    assert!(status.is_success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = browser.get("/console/destinations").await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -300,3 +300,52 @@ async fn bad_search_filters_are_refused() {
         assert!(body["error"]["code"].is_string(), "{query}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_tenant_key_searches_its_own_tenant_only() {
+    use crate::common::keys::{ADMIN_KEY, Keyed, make_key, spawn_keyed_app};
+    let app = spawn_keyed_app().await;
+    let admin = Keyed::new(&app, Some(ADMIN_KEY));
+    let receiver = Receiver::start().await;
+    let (status, other) = admin
+        .post(
+            "/v1/destinations",
+            json!({"tenant": "globex", "url": receiver.url("/g"), "event_types": [">"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let other = other["id"].as_str().unwrap().to_string();
+    let mut mine = Vec::new();
+    for tenant in ["acme", "globex", "acme"] {
+        let (status, body) = admin
+            .post(
+                "/v1/events",
+                json!({"tenant": tenant, "type": "a.b", "data": {}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        if tenant == "acme" {
+            mine.insert(0, body["id"].as_str().unwrap().to_string());
+        }
+    }
+    let (_, key) = make_key(&app, "acme", "tenant").await;
+    let acme = Keyed::new(&app, Some(&key));
+    let (status, page) = acme.get("/v1/events").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), mine, "only its own tenant's events");
+    let (status, page) = acme.get("/v1/events?tenant=acme").await;
+    assert_eq!((status, ids(&page)), (StatusCode::OK, mine.clone()));
+    let (status, body) = acme.get("/v1/events?tenant=globex").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = acme
+        .get(&format!("/v1/events?destination_id={other}"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, page) = admin.get("/v1/events").await;
+    assert_eq!((status, ids(&page).len()), (StatusCode::OK, 3));
+    let (_, ingest) = make_key(&app, "acme", "ingest").await;
+    let (status, _) = Keyed::new(&app, Some(&ingest)).get("/v1/events").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = Keyed::new(&app, None).get("/v1/events").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access;
 mod bad_input;
 mod cluster;
 mod console;

@@ -145,6 +145,7 @@ pub async fn operate(
                 &state.destinations,
                 ReplayRequest {
                     target,
+                    tenant: viewer.tenant().cloned(),
                     cursor: None,
                     limit: BATCH,
                     enable_destination: false,
@@ -172,6 +173,7 @@ pub async fn operate(
                 &state.broker,
                 PurgeRequest {
                     target,
+                    tenant: viewer.tenant().cloned(),
                     cursor: None,
                     limit: BATCH,
                     dry_run,

@@ -71,7 +71,8 @@ pub async fn search(
         .map_err(|_| ConsoleError::invalid("status is not a delivery status"))?;
     let query = search_query(
         &state,
-        tenant.map(|t| t.to_string()),
+        &viewer.access,
+        tenant,
         given(&f.event_type).map(String::from),
         given(&f.destination_id).map(String::from),
     )

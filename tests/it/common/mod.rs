@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod cluster;
+pub mod keys;
 pub mod load;
 pub mod nats;
 pub mod otlp;
