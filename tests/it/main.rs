@@ -8,6 +8,7 @@ mod access;
 mod bad_input;
 mod cluster;
 mod console;
+mod console_browser;
 mod crash;
 mod delivery;
 mod destinations;
