@@ -22,6 +22,19 @@ for values in "$CHART"/ci/*.yaml; do
     echo "rendered manifests of ci/$name.yaml are not valid Kubernetes" >&2
     exit 1
   fi
+  # Every Deployment gets its admin API key from a Secret (the pods listen on 0.0.0.0 and
+  # refuse to start without one), and a chart-made key is a random hsk_ key.
+  deployments=$(grep -c '^kind: Deployment' "$OUT/$name.yaml")
+  keyed=$(grep -A2 'name: HOOKSTREAM_ADMIN_API_KEYS' "$OUT/$name.yaml" | grep -c 'secretKeyRef:' || true)
+  if [[ "$deployments" != "$keyed" ]]; then
+    echo "ci/$name.yaml: $keyed of $deployments Deployments take HOOKSTREAM_ADMIN_API_KEYS from a Secret" >&2
+    exit 1
+  fi
+  if ! grep -q 'existingSecret' "$values" \
+    && ! grep -Eq '^  admin-api-key: "hsk_[A-Za-z0-9]{48}"$' "$OUT/$name.yaml"; then
+    echo "ci/$name.yaml: no generated admin key Secret" >&2
+    exit 1
+  fi
   echo "ok: ci/$name.yaml ($(grep -c '^kind:' "$OUT/$name.yaml") manifests)"
 done
 

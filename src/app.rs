@@ -15,15 +15,16 @@ use tracing::{error, info, warn};
 use crate::access::{KeyStore, KeyWatch, Policy};
 use crate::api::{self, AppState};
 use crate::broker::embedded::{EmbeddedError, EmbeddedServer};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, names};
 use crate::config::Config;
-use crate::delivery::Worker;
-use crate::delivery::registry::Registry;
 use crate::delivery::sender::Sender;
-use crate::delivery::ssrf::SsrfPolicy;
+use crate::delivery::{Worker, WorkerParts};
 use crate::destinations::DestinationStore;
+use crate::destinations::Registry;
+use crate::destinations::ssrf::SsrfPolicy;
 use crate::flow::Flow;
 use crate::ingest::Ingestor;
+use crate::router::{Router, upgrade};
 use crate::telemetry;
 
 /// Which parts this process runs.
@@ -237,20 +238,41 @@ impl App {
         tracker.spawn(async move {
             let mut delay = Duration::from_millis(500);
             loop {
-                let started = Worker::start(
-                    registry.clone(),
-                    broker.clone(),
-                    cfg.clone(),
-                    store.clone(),
-                    sender.clone(),
-                    flow.clone(),
-                    tracker_inner.clone(),
-                    token.clone(),
-                )
+                let started = Worker::start(WorkerParts {
+                    registry: registry.clone(),
+                    broker: broker.clone(),
+                    cfg: cfg.clone(),
+                    store: store.clone(),
+                    sender: sender.clone(),
+                    flow: flow.clone(),
+                    tracker: tracker_inner.clone(),
+                    token: token.clone(),
+                })
                 .await;
                 match started {
                     Ok(worker) => {
-                        ready.store(worker.is_ready(), Ordering::Release);
+                        // Routing (docs/adr/0010): every worker runs a router, one of them
+                        // pinned; and the consumers of the layout before routing are
+                        // drained once into the shards.
+                        tracker_inner.spawn(
+                            Router {
+                                broker: broker.clone(),
+                                registry: registry.clone(),
+                                stats: worker.stats.clone(),
+                                doorbell: names::doorbell_subject(
+                                    &cfg.nats.inbox_prefix,
+                                    &cfg.subject_prefix,
+                                ),
+                                token: token.clone(),
+                            }
+                            .run(),
+                        );
+                        tracker_inner.spawn(upgrade::run(
+                            broker.clone(),
+                            registry.clone(),
+                            token.clone(),
+                        ));
+                        ready.store(true, Ordering::Release);
                         info!(destinations = worker.registry.len(), "worker ready");
                         return;
                     }

@@ -1,4 +1,6 @@
-//! Delivery history: finding an accepted event and reading its attempt records.
+//! Delivery history: finding an accepted event, and the one owner of attempt records on
+//! `HS_ATTEMPTS` (stored by the worker, read by the worker to count attempts, ADR 0002,
+//! and by the API).
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
 
@@ -28,7 +30,7 @@ pub async fn find_event(broker: &Broker, id: &EventId) -> Result<Option<StoredEv
         Some(rec) => Some((rec.tenant, rec.seq)),
         None => {
             let subject = broker.subjects.attempts_of_event_any_tenant(id);
-            match first_attempt(broker, &subject).await? {
+            match first_attempt_matching(broker, &subject).await? {
                 Some(rec) => Some((rec.tenant, rec.stream_seq)),
                 None => None,
             }
@@ -83,7 +85,8 @@ pub fn event_ref<'a>(stored: &'a StoredEvent, id: &'a str) -> crate::events::Eve
     }
 }
 
-async fn first_attempt(
+/// The oldest attempt record on subjects matching `subject`.
+async fn first_attempt_matching(
     broker: &Broker,
     subject: &str,
 ) -> Result<Option<AttemptRecord>, BrokerError> {
@@ -124,4 +127,61 @@ pub async fn attempts_of(
         }
     }
     Ok(out)
+}
+
+/// Stores an attempt record. A success record is history only (nothing counts from it),
+/// so it is published without waiting for the stream's ack, saving a round trip per
+/// delivery; the others are awaited: the next attempt counts from them.
+pub async fn store_attempt(broker: &Broker, record: &AttemptRecord) -> Result<(), BrokerError> {
+    let subject = broker
+        .subjects
+        .attempt(&record.tenant, &record.event_id, &record.destination_id);
+    let payload: bytes::Bytes = serde_json::to_vec(record)
+        .expect("attempt record serialises")
+        .into();
+    if record.outcome == crate::model::AttemptOutcome::Delivered {
+        return broker
+            .client
+            .publish(subject, payload)
+            .await
+            .map_err(|e| BrokerError::new("publishing attempt record", e));
+    }
+    broker
+        .js
+        .publish(subject, payload)
+        .await
+        .map_err(|e| BrokerError::new("publishing attempt record", e))?
+        .await
+        .map(drop)
+        .map_err(|e| BrokerError::new("awaiting attempt record ack", e))
+}
+
+/// The last attempt record of (event, destination), if it can be read.
+pub async fn last_attempt(
+    broker: &Broker,
+    tenant: &str,
+    event: &str,
+    destination: &str,
+) -> Option<AttemptRecord> {
+    let subject = broker.subjects.attempt(tenant, event, destination);
+    let msg = broker
+        .attempts
+        .direct_get_last_for_subject(subject)
+        .await
+        .ok()?;
+    serde_json::from_slice(&msg.payload).ok()
+}
+
+/// The first attempt record of (event, destination), if it can be read.
+pub async fn first_attempt(
+    broker: &Broker,
+    tenant: &str,
+    event: &str,
+    destination: &str,
+) -> Option<AttemptRecord> {
+    let subject = broker.subjects.attempt(tenant, event, destination);
+    first_attempt_matching(broker, &subject)
+        .await
+        .ok()
+        .flatten()
 }

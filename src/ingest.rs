@@ -162,6 +162,10 @@ impl Ingestor {
             });
         }
 
+        // Routing (docs/adr/0010): a full delivery shard stops routing; refuse rather than
+        // accept events that would only wait.
+        self.broker.check_delivery_room()?;
+
         // After the duplicate check: a repeat publishes nothing and costs no quota.
         if let Err(wait) = self.flow.admit_tenant(tenant.as_str(), 1).await? {
             metrics::counter!(m::TENANT_RATE_LIMITED).increment(1);

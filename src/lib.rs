@@ -5,7 +5,9 @@
 //! - [`broker`]: everything that knows NATS: names, streams, buckets, consumers, pulls,
 //!   the embedded nats-server.
 //! - [`ingest`]: validate → envelope → publish → PubAck; idempotency.
-//! - [`destinations`]: destination management (bucket entry plus consumer).
+//! - [`destinations`]: destination state in one home: the bucket, validation, the SSRF
+//!   check, each process's registry and subject index.
+//! - [`router`]: routes every event once to its destinations' delivery shards.
 //! - [`delivery`]: workers: pull only where there is work, send signed requests, retry,
 //!   dead-letter.
 //! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
@@ -37,4 +39,5 @@ pub mod flow;
 pub mod history;
 pub mod ingest;
 pub mod model;
+pub mod router;
 pub mod telemetry;

@@ -101,6 +101,9 @@ fn wait_port(port: u16) {
     }
 }
 
+/// In a scenario's environment: the hookstream binary to run instead of this tree's.
+pub const BINARY_ENV: &str = "BENCH_BINARY";
+
 /// The hookstream release binary in one role; killed on drop.
 pub struct Service {
     child: Child,
@@ -115,10 +118,15 @@ impl Service {
     }
 
     /// Starts the process without waiting for it to be ready.
+    /// `env` may name the binary itself (`BINARY_ENV`, the old layout's for comparisons).
     pub fn spawn(nats_url: &str, role: &str, env: &[(&str, String)]) -> Service {
-        let binary = std::env::var_os("HOOKSTREAM_BENCH_BIN")
-            .map(PathBuf::from)
+        let binary = env
+            .iter()
+            .find(|(k, _)| *k == BINARY_ENV)
+            .map(|(_, v)| PathBuf::from(v))
+            .or_else(|| std::env::var_os("HOOKSTREAM_BENCH_BIN").map(PathBuf::from))
             .unwrap_or_else(|| manifest_dir().join("target/release/hookstream"));
+        let env: Vec<&(&str, String)> = env.iter().filter(|(k, _)| *k != BINARY_ENV).collect();
         let port = free_port();
         let mut command = Command::new(&binary);
         for (name, _) in std::env::vars_os() {

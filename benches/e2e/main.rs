@@ -7,6 +7,7 @@
 
 mod broker;
 mod harness;
+mod routing;
 mod scenarios;
 
 use std::time::Instant;
@@ -47,8 +48,32 @@ async fn main() {
     run!("raw_jetstream", scenarios::raw_jetstream(n(100_000)));
     run!("raw_fanout_1000_1f", broker::raw_fanout(1000, n(20_000), 1));
     run!("raw_fanout_1000_2f", broker::raw_fanout(1000, n(20_000), 2));
+    for shards in [1, 4, 16, 32] {
+        run!(
+            &format!("shard_fanout_1000_{shards}s"),
+            broker::shard_fanout(1000, shards, n(20_000))
+        );
+    }
+    // Acks beside 10,000 consumers are slow enough that 2,000 of them tell the cost.
+    for (idle, events) in [(0, 20_000), (100, 20_000), (1000, 20_000), (10_000, 2_000)] {
+        run!(
+            &format!("ack_cost_{idle}"),
+            broker::ack_cost(idle, n(events))
+        );
+    }
     run!("ingest", scenarios::ingest(n(20_000)));
-    for mode in ["on_demand", "per_destination"] {
+    for (fanout, events) in [(1, 20_000), (10, 10_000), (100, 2_000)] {
+        run!(
+            &format!("route_fanout_{fanout}"),
+            routing::route(fanout, n(events))
+        );
+    }
+    // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
+    let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
+    for mode in ["routed", "old"] {
+        if mode == "old" && !old {
+            continue;
+        }
         for (dests, events) in [(1, 20_000), (100, 20_000), (1000, 20_000), (10_000, 20_000)] {
             run!(
                 &format!("drain_{dests}_{mode}"),
@@ -64,7 +89,7 @@ async fn main() {
             &format!("latency_1000_{mode}"),
             scenarios::latency(1000, 1000, n(10_000), mode)
         );
-        if mode == "on_demand" {
+        if mode == "routed" {
             run!("failure_mix", scenarios::failure_mix(n(100_000)));
         }
     }

@@ -20,18 +20,33 @@ fn pad() -> String {
 /// The service's default sweep interval, set explicitly so that the idle window matches.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 
+/// `routed`: this tree's release binary (ADR 0010). `old`: the layout before routing
+/// (a consumer per destination on `HS_EVENTS`, ADR 0001), from the binary named by
+/// `HOOKSTREAM_BENCH_OLD_BIN`, for the comparison in one run.
 fn mode_env(mode: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("HOOKSTREAM_DELIVERY__PULL_MODE", mode.to_string()),
-        (
-            "HOOKSTREAM_DELIVERY__SWEEP_INTERVAL_MS",
-            SWEEP_INTERVAL.as_millis().to_string(),
-        ),
-    ]
+    let mut env = vec![(
+        "HOOKSTREAM_DELIVERY__SWEEP_INTERVAL_MS",
+        SWEEP_INTERVAL.as_millis().to_string(),
+    )];
+    if mode == "old" {
+        env.push(("HOOKSTREAM_DELIVERY__PULL_MODE", "on_demand".into()));
+        if let Some(bin) = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN") {
+            env.push((
+                crate::harness::BINARY_ENV,
+                bin.to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    env
 }
 
 /// Destinations `0..n`, destination `i` subscribed to `bench.d<i>`, created 64 at a time.
-async fn create_destinations(base: &str, n: usize, url: impl Fn(usize) -> String, extra: Value) {
+pub async fn create_destinations(
+    base: &str,
+    n: usize,
+    url: impl Fn(usize) -> String,
+    extra: Value,
+) {
     let client = reqwest::Client::new();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -69,7 +84,7 @@ async fn create_destinations(base: &str, n: usize, url: impl Fn(usize) -> String
         .await;
 }
 
-fn envelope(i: usize, event_type: &str) -> Vec<u8> {
+pub fn envelope(i: usize, event_type: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "id": format!("e{i}"), "tenant": "default", "type": event_type,
         "source": null, "occurred_at": null, "received_at": "2026-01-01T00:00:00Z",
@@ -79,7 +94,7 @@ fn envelope(i: usize, event_type: &str) -> Vec<u8> {
 }
 
 /// Publishes `total` events straight to JetStream, event `i` for destination `i % dests`.
-async fn preload(nats_url: &str, total: usize, dests: usize) {
+pub async fn preload(nats_url: &str, total: usize, dests: usize) {
     let client = async_nats::connect(nats_url).await.expect("connect");
     preload_stream(&jetstream::new(client), total, dests).await;
 }
@@ -415,7 +430,7 @@ async fn healthy_rate(
 ) -> Value {
     let nats = Nats::start();
     let receiver = Receiver::start().await;
-    let env = mode_env("on_demand");
+    let env = mode_env("routed");
     let api = Service::start(&nats.url(), "api", &env).await;
     create_destinations(&api.base(), dests, |i| receiver.url(kind(i), i), json!({})).await;
     // Event i goes to destination i % dests; the healthy-only run skips the others.
@@ -497,7 +512,7 @@ pub fn summarise(results: &[(String, Value)]) -> String {
     ] {
         rows.push((label.into(), fig(name, key), ""));
     }
-    for mode in ["on_demand", "per_destination"] {
+    for mode in ["routed", "old"] {
         let one = fig(&format!("drain_1_{mode}"), "per_second");
         for d in [1, 100, 1000, 10000] {
             let name = format!("drain_{d}_{mode}");
@@ -539,7 +554,51 @@ pub fn summarise(results: &[(String, Value)]) -> String {
             rows.push((format!("[{mode}] idle 10k: {label}"), fig(&idle, key), ""));
         }
     }
-    let one = fig("drain_1_on_demand", "per_second");
+    let one = fig("drain_1_routed", "per_second");
+    rows.push((
+        "drain 1 dest: routed / old layout".into(),
+        pct(one, fig("drain_1_old", "per_second")),
+        " %",
+    ));
+    for d in [1, 100, 1000, 10000] {
+        rows.push((
+            format!("[routed] drain {d}: nats-server CPU s per 100k"),
+            fig(&format!("drain_{d}_routed"), "nats_cpu_s_per_100k"),
+            "",
+        ));
+    }
+    for f in [1, 10, 100] {
+        rows.push((
+            format!("router, fan-out {f}: events/s"),
+            fig(&format!("route_fanout_{f}"), "events_per_second"),
+            "",
+        ));
+    }
+    for k in [1, 4, 16, 32] {
+        let name = format!("shard_fanout_1000_{k}s");
+        rows.push((
+            format!("broker limit, 1000 consumers on {k} shard(s), msg/s"),
+            fig(&name, "per_second"),
+            "",
+        ));
+        rows.push((
+            format!("broker limit, {k} shard(s): nats CPU s per 100k"),
+            fig(&name, "nats_cpu_s_per_100k"),
+            "",
+        ));
+    }
+    rows.push((
+        "bytes stored per delivery (shard)".into(),
+        fig("shard_fanout_1000_32s", "bytes_stored_per_delivery"),
+        "",
+    ));
+    for idle in [0, 100, 1000, 10000] {
+        rows.push((
+            format!("WorkQueue acks/s beside {idle} idle consumers"),
+            fig(&format!("ack_cost_{idle}"), "acked_per_second"),
+            "",
+        ));
+    }
     for filters in [1, 2] {
         let rate = fig(&format!("raw_fanout_1000_{filters}f"), "per_second");
         rows.push((

@@ -73,7 +73,7 @@ async fn check_owned(
 }
 
 /// Create a destination; the answer holds its signing secret, shown this once.
-#[utoipa::path(post, path = "/v1/destinations", request_body = DestinationInput,
+#[utoipa::path(post, path = "/v1/destinations", operation_id = "create_destination", tag = "destinations", request_body = DestinationInput,
     responses((status = 201, body = DestinationView), (status = 400), (status = 409)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -99,7 +99,7 @@ pub struct DestinationList {
 }
 
 /// List destinations by id, paged.
-#[utoipa::path(get, path = "/v1/destinations", params(Page),
+#[utoipa::path(get, path = "/v1/destinations", operation_id = "list_destinations", tag = "destinations", params(Page),
     responses((status = 200, body = DestinationList)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -118,7 +118,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/destinations/{id}",
+#[utoipa::path(get, path = "/v1/destinations/{id}", operation_id = "get_destination", tag = "destinations",
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn read(
     State(state): State<AppState>,
@@ -133,7 +133,7 @@ pub async fn read(
 }
 
 /// Replace a destination's settings (not its id, tenant or secrets).
-#[utoipa::path(put, path = "/v1/destinations/{id}", request_body = DestinationInput,
+#[utoipa::path(put, path = "/v1/destinations/{id}", operation_id = "replace_destination", tag = "destinations", request_body = DestinationInput,
     responses((status = 200, body = DestinationView), (status = 400), (status = 404)))]
 pub async fn replace(
     State(state): State<AppState>,
@@ -154,7 +154,7 @@ pub async fn replace(
 }
 
 /// Change some settings of a destination.
-#[utoipa::path(patch, path = "/v1/destinations/{id}", request_body = DestinationPatch,
+#[utoipa::path(patch, path = "/v1/destinations/{id}", operation_id = "patch_destination", tag = "destinations", request_body = DestinationPatch,
     responses((status = 200, body = DestinationView), (status = 400), (status = 404)))]
 pub async fn patch(
     State(state): State<AppState>,
@@ -174,7 +174,7 @@ pub async fn patch(
 }
 
 /// Delete a destination and its consumer; events waiting for it are dropped with it.
-#[utoipa::path(delete, path = "/v1/destinations/{id}",
+#[utoipa::path(delete, path = "/v1/destinations/{id}", operation_id = "delete_destination", tag = "destinations",
     responses((status = 204), (status = 404)))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -202,7 +202,7 @@ pub struct RotateSecret {
 }
 
 /// Start signing with a new secret; the old one keeps signing during the grace period.
-#[utoipa::path(post, path = "/v1/destinations/{id}/rotate-secret", request_body = Option<RotateSecret>,
+#[utoipa::path(post, path = "/v1/destinations/{id}/rotate-secret", operation_id = "rotate_destination_secret", tag = "destinations", request_body = Option<RotateSecret>,
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
@@ -238,7 +238,7 @@ pub async fn rotate_secret(
 }
 
 /// Stop sending to the destination; its events wait in the stream.
-#[utoipa::path(post, path = "/v1/destinations/{id}/pause",
+#[utoipa::path(post, path = "/v1/destinations/{id}/pause", operation_id = "pause_destination", tag = "destinations",
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn pause(
     State(state): State<AppState>,
@@ -267,7 +267,7 @@ async fn set_paused(
 }
 
 /// Send again, starting with what waited during the pause.
-#[utoipa::path(post, path = "/v1/destinations/{id}/resume",
+#[utoipa::path(post, path = "/v1/destinations/{id}/resume", operation_id = "resume_destination", tag = "destinations",
     responses((status = 200, body = DestinationView), (status = 404)))]
 pub async fn resume(
     State(state): State<AppState>,
@@ -278,7 +278,7 @@ pub async fn resume(
 }
 
 /// Send a `hookstream.test` event to this destination only.
-#[utoipa::path(post, path = "/v1/destinations/{id}/test",
+#[utoipa::path(post, path = "/v1/destinations/{id}/test", operation_id = "test_destination", tag = "destinations",
     responses((status = 202, body = crate::ingest::Accepted), (status = 404)))]
 pub async fn send_test(
     State(state): State<AppState>,

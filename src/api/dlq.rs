@@ -47,7 +47,7 @@ pub struct DeadLetterView {
     /// Null when the body is not an event envelope (`malformed_event`).
     pub event_id: Option<String>,
     pub event_type: Option<String>,
-    /// `max_attempts`, `gone` or `malformed_event`.
+    /// `max_attempts`, `gone`, `malformed_event` or `tenant_mismatch`.
     pub reason: Option<String>,
     pub attempts: Option<u32>,
     pub last_status: Option<u16>,
@@ -103,6 +103,7 @@ pub enum ListOrder {
 
 /// Query of `GET /v1/dlq`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub tenant: Option<String>,
@@ -162,7 +163,7 @@ fn cursor(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
 }
 
 /// Dead letters, newest or oldest first, filtered and paged.
-#[utoipa::path(get, path = "/v1/dlq", params(ListQuery),
+#[utoipa::path(get, path = "/v1/dlq", operation_id = "list_dead_letters", tag = "dead-letters", params(ListQuery),
     responses((status = 200, body = DeadLetterList), (status = 400)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -205,7 +206,7 @@ fn dead_letter_id(raw: &str) -> Result<u64, ApiError> {
 }
 
 /// One dead letter with its event.
-#[utoipa::path(get, path = "/v1/dlq/{id}",
+#[utoipa::path(get, path = "/v1/dlq/{id}", operation_id = "get_dead_letter", tag = "dead-letters",
     responses((status = 200, body = DeadLetterView), (status = 404)))]
 pub async fn read(
     State(state): State<AppState>,
@@ -230,7 +231,8 @@ async fn owned_letter(
 }
 
 /// Delete one dead letter without sending it.
-#[utoipa::path(delete, path = "/v1/dlq/{id}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/v1/dlq/{id}", operation_id = "delete_dead_letter", tag = "dead-letters",
+    responses((status = 204), (status = 404)))]
 pub async fn remove(
     State(state): State<AppState>,
     access: Access,
@@ -420,7 +422,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
 }
 
 /// Re-publish dead letters to their destination only, then remove them from `HS_DLQ`.
-#[utoipa::path(post, path = "/v1/dlq/replay", request_body = ReplayBody,
+#[utoipa::path(post, path = "/v1/dlq/replay", operation_id = "replay_dead_letters", tag = "dead-letters", request_body = ReplayBody,
     responses(
         (status = 200, body = ReplayAnswer),
         (status = 400, description = "Bad filter, ids with filters, bad cursor"),
@@ -479,7 +481,7 @@ impl PurgeAnswer {
 }
 
 /// Remove dead letters without sending them: `ids`, or at least one filter.
-#[utoipa::path(post, path = "/v1/dlq/purge", request_body = DeadLetterSelection,
+#[utoipa::path(post, path = "/v1/dlq/purge", operation_id = "purge_dead_letters", tag = "dead-letters", request_body = DeadLetterSelection,
     responses((status = 200, body = PurgeAnswer), (status = 400)))]
 pub async fn purge(
     State(state): State<AppState>,

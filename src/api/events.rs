@@ -74,7 +74,7 @@ fn accepted_response(accepted: Accepted) -> Response {
 }
 
 /// Ingest one event.
-#[utoipa::path(post, path = "/v1/events", request_body = NewEvent,
+#[utoipa::path(post, path = "/v1/events", operation_id = "ingest_event", tag = "events", request_body = NewEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe for 24 h")),
     responses(
         (status = 202, description = "Accepted: stored durably", body = Accepted),
@@ -82,6 +82,8 @@ fn accepted_response(accepted: Accepted) -> Response {
         (status = 400, description = "Invalid JSON or event"),
         (status = 413, description = "Body over the limit"),
         (status = 415, description = "Not application/json"),
+        (status = 409, description = "The event id is used by another tenant"),
+        (status = 429, description = "The tenant is over its ingest rate limit; see Retry-After"),
         (status = 503, description = "NATS down or stream full; see Retry-After"),
     ))]
 pub async fn post_event(
@@ -119,11 +121,18 @@ pub struct BatchItem {
     pub error: Option<serde_json::Value>,
 }
 
+/// The answer to a batch: one result per item, in the request's order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchItem>,
+}
+
 /// Ingest up to `events.max_batch` events; each item is accepted or refused on its own,
 /// except that the whole batch answers 503 when NATS stored none of it.
-#[utoipa::path(post, path = "/v1/events/batch", request_body = BatchRequest,
+#[utoipa::path(post, path = "/v1/events/batch", operation_id = "ingest_batch", tag = "events", request_body = BatchRequest,
     responses(
-        (status = 200, description = "One result per item, in order", body = Vec<BatchItem>),
+        (status = 200, description = "One result per item, in order", body = BatchAnswer),
+        (status = 429, description = "The tenant is over its ingest rate limit; see Retry-After"),
         (status = 503, description = "NATS down or stream full and no item stored; see Retry-After"),
     ))]
 pub async fn post_batch(
@@ -166,11 +175,7 @@ pub async fn post_batch(
             .await;
     let outcomes = refuse_whole_batch_if_nothing_stored(outcomes)?;
     let results: Vec<BatchItem> = outcomes.into_iter().map(batch_item).collect();
-    Ok((
-        StatusCode::OK,
-        axum::Json(serde_json::json!({ "results": results })),
-    )
-        .into_response())
+    Ok((StatusCode::OK, axum::Json(BatchAnswer { results })).into_response())
 }
 
 /// When NATS is down or the stream full and no item was stored, the batch as a whole
@@ -251,7 +256,7 @@ async fn owned_event(
 }
 
 /// The event and its delivery status per destination.
-#[utoipa::path(get, path = "/v1/events/{id}",
+#[utoipa::path(get, path = "/v1/events/{id}", operation_id = "get_event", tag = "events",
     responses((status = 200, body = EventView), (status = 404, description = "Unknown id")))]
 pub async fn get_event(
     State(state): State<AppState>,
@@ -384,7 +389,7 @@ pub struct AttemptsView {
 }
 
 /// Every attempt of the event, per destination, oldest first.
-#[utoipa::path(get, path = "/v1/events/{id}/attempts",
+#[utoipa::path(get, path = "/v1/events/{id}/attempts", operation_id = "list_event_attempts", tag = "events",
     responses((status = 200, body = AttemptsView), (status = 404, description = "Unknown id")))]
 pub async fn get_attempts(
     State(state): State<AppState>,
@@ -435,7 +440,7 @@ pub struct ResendAnswer {
 }
 
 /// Send an event again (same `webhook-id`, fresh attempts) while it is on `HS_EVENTS`.
-#[utoipa::path(post, path = "/v1/events/{id}/resend", request_body = Option<ResendBody>,
+#[utoipa::path(post, path = "/v1/events/{id}/resend", operation_id = "resend_event", tag = "events", request_body = Option<ResendBody>,
     responses(
         (status = 202, body = ResendAnswer),
         (status = 404, description = "Unknown event, or destination not of its tenant"),

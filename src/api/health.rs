@@ -17,13 +17,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200)))]
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
 /// Ready: NATS reachable, streams there, and the worker (if any) has loaded.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if let Err(e) = state.broker.check_ready().await {
         let body = json!({ "status": "not_ready", "reason": e.to_string() });
@@ -37,7 +39,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -27,8 +27,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::delivery::registry::Registry;
 use crate::destinations::DestinationStore;
+use crate::destinations::Registry;
 use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::telemetry::metrics as m;
@@ -132,6 +132,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
 
 /// `?limit=` and `?cursor=` of list routes.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// At most this many items (1 to 1000, default 100).
     pub limit: Option<usize>,

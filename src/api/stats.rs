@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 
 use super::access::Access;
 use super::{AppState, Page, bad_request};
-use crate::broker::consumers;
 use crate::delivery::stats::read_totals;
 use crate::error::ApiError;
 use crate::model::circuit::CircuitView;
@@ -45,7 +44,7 @@ pub struct StatsList {
 }
 
 /// Delivery counters and backlog per destination, paged like the destination list.
-#[utoipa::path(get, path = "/v1/stats", params(Page), responses((status = 200, body = StatsList)))]
+#[utoipa::path(get, path = "/v1/stats", operation_id = "get_stats", tag = "stats", params(Page), responses((status = 200, body = StatsList)))]
 pub async fn stats(
     State(state): State<AppState>,
     access: Access,
@@ -62,7 +61,7 @@ pub async fn stats(
             let state = state.clone();
             async move {
                 let [delivered, failed, dead] = read_totals(&state.broker, d.id.as_str()).await;
-                let (pending, retrying) = consumers::backlog(&state.broker.events, &d.id).await;
+                let (pending, retrying) = state.broker.destination_backlog(d.id.as_str()).await;
                 DestinationStats {
                     destination_id: d.id.to_string(),
                     tenant: d.tenant.to_string(),

@@ -5,8 +5,10 @@ pub mod backward;
 pub mod consumers;
 pub mod credentials;
 pub mod direct;
+pub mod doorbell;
 pub mod embedded;
 pub mod error;
+pub mod fill;
 pub mod messages;
 pub mod names;
 pub mod pull;
@@ -53,6 +55,10 @@ pub struct Handles {
     pub idempotency: kv::Store,
     pub ratelimit: kv::Store,
     pub circuits: kv::Store,
+    // Routing (docs/adr/0010): the delivery shards, `HS_DLV_<k>` at index k, and
+    // whether they have room.
+    pub shards: Vec<Stream>,
+    pub fill: fill::ShardFill,
 }
 
 impl Broker {
@@ -120,6 +126,24 @@ impl Broker {
         };
         let (events, dlq, attempts, stats, destinations, idempotency, ratelimit, circuits) =
             handles;
+        // Routing (docs/adr/0010): shards and the router consumer, retried like the rest.
+        let mut waited = Duration::ZERO;
+        let shards = loop {
+            let set_up = async {
+                let shards = Box::pin(setup::ensure_delivery_streams(&js, cfg, &subjects)).await?;
+                Box::pin(setup::ensure_router_consumer(&events)).await?;
+                Ok::<_, BrokerError>(shards)
+            };
+            match set_up.await {
+                Ok(shards) => break shards,
+                Err(e) if e.kind == BrokerErrorKind::Unavailable && waited < SETUP_PATIENCE => {
+                    warn!(error = %e, "delivery shards not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    waited += Duration::from_secs(1);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self(Arc::new(Handles {
             client,
             js,
@@ -132,6 +156,8 @@ impl Broker {
             idempotency,
             ratelimit,
             circuits,
+            shards,
+            fill: fill::ShardFill::default(),
         })))
     }
 
@@ -214,6 +240,64 @@ impl Broker {
             .map_err(|e| BrokerError::new("checking readiness", e))
     }
 
+    // --- Routing (docs/adr/0010) ---
+    /// How many delivery shards there are.
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// The shard of a destination's deliveries.
+    pub fn shard_of(&self, destination: &str) -> u32 {
+        names::shard_of(destination, self.shard_count())
+    }
+
+    /// The shard stream holding a destination's deliveries and its consumer.
+    pub fn shard_stream(&self, destination: &str) -> &Stream {
+        &self.shards[self.shard_of(destination) as usize]
+    }
+    /// Refuses new events while a delivery shard is full (`fill.rs`).
+    pub fn check_delivery_room(&self) -> Result<(), BrokerError> {
+        match self.fill.full_shard(self) {
+            None => Ok(()),
+            Some(shard) => Err(BrokerError::with_kind(
+                BrokerErrorKind::StorageFull,
+                "accepting an event",
+                format!(
+                    "delivery shard {shard} is full (events.delivery_max_bytes): deliveries wait for their destinations"
+                ),
+            )),
+        }
+    }
+
+    /// A destination's deliveries waiting: (not handed out yet, handed out and not
+    /// acked). From its consumer when it has one, else the shard's count for its subject.
+    pub async fn destination_backlog(&self, destination: &str) -> (u64, u64) {
+        let shard = self.shard_stream(destination);
+        let Ok(id) = crate::model::DestinationId::parse(destination.to_string()) else {
+            return (0, 0);
+        };
+        if let Ok(info) = shard.consumer_info(names::consumer_name(&id)).await {
+            return (info.num_pending, info.num_ack_pending as u64);
+        }
+        let subject = self
+            .subjects
+            .delivery(self.shard_of(destination), destination);
+        let waiting = match shard.info_with_subjects(&subject).await {
+            Ok(mut subjects) => {
+                use futures::TryStreamExt;
+                subjects
+                    .try_next()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(0, |(_, n)| n as u64)
+            }
+            Err(_) => 0,
+        };
+        (waiting, 0)
+    }
+    // --- end routing ---
+
     /// One subscription for the answers of every pull this worker sends (`pull.rs`).
     pub async fn pull_mux(
         &self,
@@ -225,6 +309,6 @@ impl Broker {
         ),
         BrokerError,
     > {
-        pull::PullMux::start(self.js.clone(), names::EVENTS_STREAM, token).await
+        pull::PullMux::start(self.js.clone(), token).await
     }
 }

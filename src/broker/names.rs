@@ -15,6 +15,40 @@ pub const CIRCUIT_BUCKET: &str = "hs_circuit";
 /// API keys: id → tenant, role, name and the key's SHA-256 (never the key).
 pub const API_KEYS_BUCKET: &str = "hs_api_keys";
 
+// --- Routing (docs/adr/0010): the router consumer and the delivery shards. ---
+/// The one durable consumer on `HS_EVENTS` (no filter) that routes every event.
+pub const ROUTER_CONSUMER: &str = "hs_router";
+/// Its priority group: one replica is pinned (routes), the others wait on standby.
+pub const ROUTER_GROUP: &str = "router";
+/// `HS_DLV_<k>`: the deliveries still to make, WorkQueue, one shard of many.
+pub fn delivery_stream(shard: u32) -> String {
+    format!("HS_DLV_{shard}")
+}
+/// Stream metadata key holding the number of shards the streams were created with.
+pub const SHARDS_METADATA_KEY: &str = "hs_delivery_shards";
+
+/// The shard of a destination: FNV-1a (32 bit) of its id's bytes mod the shard count
+/// (the contract's function, so that any client finds a destination's deliveries).
+pub fn shard_of(destination: &str, shards: u32) -> u32 {
+    let hash = destination.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % shards.max(1)
+}
+
+/// `Nats-Msg-Id` of the delivery of event `seq` to `destination`: a re-routing after a
+/// crash publishes the same id and JetStream drops the copy.
+pub fn delivery_msg_id(seq: u64, destination: &str) -> String {
+    format!("{seq}.{destination}")
+}
+/// The router's doorbell: a core NATS message naming the destinations that just got
+/// deliveries, so that every worker pulls them at once. Under the service's own inbox
+/// prefix, which only the service user may subscribe to (ADR 0007).
+pub fn doorbell_subject(inbox_prefix: &str, subject_prefix: &str) -> String {
+    format!("{inbox_prefix}.doorbell.{subject_prefix}")
+}
+// --- end routing ---
+
 /// Header names on messages of `HS_EVENTS` and `HS_DLQ`.
 pub mod headers {
     pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -53,6 +87,8 @@ pub mod headers {
     }
     /// JetStream counter increment (HS_STATS).
     pub const INCR: &str = "Nats-Incr";
+    /// On a delivery message (`HS_DLV_<k>`): the event's sequence on `HS_EVENTS`.
+    pub const EVENT_SEQ: &str = "Hs-Event-Seq";
 }
 
 /// Subject names under the configured prefix (`hs` by default).
@@ -170,6 +206,25 @@ impl Subjects {
         format!("{}.stat.>", self.prefix)
     }
 
+    // --- Routing (docs/adr/0010) ---
+    /// `hs.dlv.<k>.<destination_id>`: the deliveries waiting for one destination.
+    pub fn delivery(&self, shard: u32, destination: &str) -> String {
+        format!("{}.dlv.{shard}.{destination}", self.prefix)
+    }
+
+    /// Every delivery subject of shard `k`.
+    pub fn delivery_shard_wildcard(&self, shard: u32) -> String {
+        format!("{}.dlv.{shard}.>", self.prefix)
+    }
+
+    /// The destination of a delivery subject.
+    pub fn parse_delivery_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".dlv.")?;
+        let (_shard, destination) = rest.split_once('.')?;
+        (!destination.contains('.') && !destination.is_empty()).then_some(destination)
+    }
+    // --- end routing ---
+
     /// Where an event message's subject leads: a tenant-wide event or a directed one.
     pub fn parse_event_subject<'a>(&self, subject: &'a str) -> Option<EventSubject<'a>> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
@@ -223,6 +278,12 @@ pub fn resend_msg_id() -> String {
     format!("resend-{}", ulid::Ulid::new())
 }
 
+/// The subject of a KV key of `hs_idempotency`: the router publishes the record of an
+/// event it routes there, pipelined with the deliveries (docs/adr/0010).
+pub fn idempotency_subject(key: &str) -> String {
+    format!("$KV.{IDEMPOTENCY_BUCKET}.{key}")
+}
+
 /// KV key of an accepted event in `hs_idempotency`.
 pub fn idempotency_key(event: &EventId) -> String {
     format!("ev.{event}")
@@ -265,6 +326,19 @@ mod tests {
         );
         assert_eq!(s.parse_dlq_subject("hs.dlq.acme"), None);
         assert_eq!(s.parse_dlq_subject("hs.ev.acme.d1"), None);
+    }
+
+    #[test]
+    fn delivery_subjects_and_shards() {
+        let s = Subjects::new("hs");
+        assert_eq!(s.delivery(3, "d1"), "hs.dlv.3.d1");
+        assert_eq!(s.parse_delivery_subject("hs.dlv.3.d1"), Some("d1"));
+        assert_eq!(s.parse_delivery_subject("hs.dlv.3"), None);
+        assert_eq!(s.parse_delivery_subject("hs.ev.3.d1"), None);
+        // FNV-1a 32 of "a" is 0xe40c292c (the published test vector).
+        assert_eq!(shard_of("a", 1 << 31), 0xe40c_292c % (1 << 31));
+        assert!((0..1000).all(|i| shard_of(&format!("d{i}"), 16) < 16));
+        assert_eq!(delivery_msg_id(42, "d1"), "42.d1");
     }
 
     #[test]

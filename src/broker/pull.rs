@@ -1,4 +1,5 @@
-//! No-wait pulls from destination consumers, all answered on one subscription.
+//! No-wait pulls from destination consumers (`dest_<id>` on its delivery shard), all
+//! answered on one subscription.
 //!
 //! A pull is a request to `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`; nats-server
 //! answers it with messages and, unless it sent the whole batch, a status. Each worker
@@ -54,7 +55,6 @@ pub struct PullMux {
 
 struct Inner {
     client: Client,
-    stream: String,
     /// `<inbox prefix>.<unique>`: the subscription is on `<base>.>`.
     base: String,
     next_request: AtomicU64,
@@ -67,7 +67,6 @@ impl PullMux {
     /// consumers with no open [`Route`] come out of the returned receiver.
     pub async fn start(
         context: jetstream::Context,
-        stream: &str,
         token: CancellationToken,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Orphan>), BrokerError> {
         let client = context.client();
@@ -79,7 +78,6 @@ impl PullMux {
         let (orphans, orphan_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             client,
-            stream: stream.to_string(),
             base,
             next_request: AtomicU64::new(1),
             routes: Mutex::new(HashMap::new()),
@@ -89,12 +87,14 @@ impl PullMux {
         Ok((Self { inner }, orphan_rx))
     }
 
-    /// Opens the answer channel of `consumer` (one per consumer at a time: the drain).
-    pub fn open(&self, consumer: &str) -> Route {
+    /// Opens the answer channel of `consumer` on `stream` (one per consumer at a time:
+    /// the drain).
+    pub fn open(&self, stream: &str, consumer: &str) -> Route {
         let (tx, rx) = mpsc::unbounded_channel();
         self.inner.lock_routes().insert(consumer.to_string(), tx);
         Route {
             inner: self.inner.clone(),
+            stream: stream.to_string(),
             consumer: consumer.to_string(),
             rx,
         }
@@ -119,6 +119,7 @@ impl Inner {
 /// The answers of one consumer's pulls, while its drain runs.
 pub struct Route {
     inner: Arc<Inner>,
+    stream: String,
     consumer: String,
     rx: mpsc::UnboundedReceiver<Reply>,
 }
@@ -141,7 +142,7 @@ impl Route {
             .publish_with_reply(
                 format!(
                     "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-                    self.inner.stream, self.consumer
+                    self.stream, self.consumer
                 ),
                 format!("{}.{}.{request}", self.inner.base, self.consumer),
                 body.into(),

@@ -274,3 +274,152 @@ pub async fn ensure_bucket(
         format!("bucket {} could not be created", want.bucket),
     ))
 }
+
+// --- Routing (docs/adr/0010): delivery shards and the router consumer. ---
+
+/// Shard `k` of the deliveries still to make: WorkQueue (a delivery is removed when it
+/// is acked, delivered or dead-lettered), bounded, and never dropping to make room.
+pub fn delivery_stream(cfg: &Config, subjects: &Subjects, shard: u32) -> stream::Config {
+    stream::Config {
+        name: names::delivery_stream(shard),
+        description: Some(format!("hookstream: deliveries to make, shard {shard}")),
+        subjects: vec![subjects.delivery_shard_wildcard(shard)],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        max_bytes: cfg.events.delivery_max_bytes,
+        // Full means full: the router keeps the event and tries again.
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(cfg.events.duplicate_window_secs),
+        max_consumers: cfg.events.max_consumers,
+        num_replicas: cfg.nats.replicas,
+        allow_direct: true,
+        metadata: std::collections::HashMap::from([(
+            names::SHARDS_METADATA_KEY.to_string(),
+            cfg.events.delivery_shards.to_string(),
+        )]),
+        ..Default::default()
+    }
+}
+
+/// Creates or updates every shard. The number of shards is fixed when they are first
+/// created (a destination's shard is a hash modulo that number): a configuration that
+/// disagrees with the existing streams is refused with the reason.
+pub async fn ensure_delivery_streams(
+    js: &jetstream::Context,
+    cfg: &Config,
+    subjects: &Subjects,
+) -> Result<Vec<stream::Stream>, BrokerError> {
+    let want = cfg.events.delivery_shards;
+    match js.get_stream(names::delivery_stream(0)).await {
+        Ok(mut first) => {
+            let info = first
+                .info()
+                .await
+                .map_err(|e| BrokerError::new("reading delivery shard info", e))?;
+            let have = info
+                .config
+                .metadata
+                .get(names::SHARDS_METADATA_KEY)
+                .and_then(|v| v.parse::<u32>().ok());
+            if let Some(have) = have
+                && have != want
+            {
+                return Err(BrokerError::with_kind(
+                    BrokerErrorKind::Other,
+                    "checking the delivery shards",
+                    format!(
+                        "events.delivery_shards is {want} but the delivery streams HS_DLV_0 … HS_DLV_{} were created with {have}; \
+                         the shard count is fixed at first creation (a destination's deliveries are found by hash modulo that count): \
+                         set events.delivery_shards = {have}",
+                        have - 1
+                    ),
+                ));
+            }
+        }
+        Err(e) => {
+            let err = BrokerError::new("looking up delivery shard", e);
+            if err.kind != BrokerErrorKind::NotFound {
+                return Err(err);
+            }
+        }
+    }
+    let mut shards = Vec::with_capacity(want as usize);
+    for k in 0..want {
+        shards.push(Box::pin(ensure_stream(js, delivery_stream(cfg, subjects, k))).await?);
+    }
+    Ok(shards)
+}
+
+/// How long an event handed to the router may stay unacked before it is handed out again.
+pub const ROUTER_ACK_WAIT: Duration = Duration::from_secs(6);
+
+/// How long the pinned router may stop pulling before another replica takes over.
+pub const ROUTER_PIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The router consumer: durable, no filter, one pinned client at a time (the others are
+/// on standby and take over `ROUTER_PIN_TIMEOUT` after it stops pulling).
+pub fn router_consumer(
+    start: jetstream::consumer::DeliverPolicy,
+) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(names::ROUTER_CONSUMER.into()),
+        description: Some("hookstream: routes every event to its destinations' shards".into()),
+        deliver_policy: start,
+        // Each event acked on its own: with ack policy *all*, a new router acking its
+        // first window would also ack the events a dead router held and never routed.
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        // Short: after a router dies, its unacked events are routed again by the next
+        // one this long after (a slow window keeps its events with progress acks).
+        ack_wait: ROUTER_ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: 20_000,
+        priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![names::ROUTER_GROUP.into()],
+        priority_timeout: ROUTER_PIN_TIMEOUT,
+        ..Default::default()
+    }
+}
+
+/// Creates the router consumer unless it exists. On a new stream it starts at the first
+/// event; on a stream that already holds events (an upgrade from per-destination
+/// consumers, which keep routing what they hold: `router/upgrade.rs`) at the next one.
+pub async fn ensure_router_consumer(events: &stream::Stream) -> Result<(), BrokerError> {
+    use jetstream::consumer::DeliverPolicy;
+    match events
+        .get_consumer::<jetstream::consumer::pull::Config>(names::ROUTER_CONSUMER)
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(e) => {
+            let err = BrokerError::new("looking up the router consumer", e);
+            if err.kind != BrokerErrorKind::NotFound {
+                return Err(err);
+            }
+        }
+    }
+    let info = events
+        .get_info()
+        .await
+        .map_err(|e| BrokerError::new("reading events stream info", e))?;
+    let start = if info.state.messages == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: info.state.last_sequence + 1,
+        }
+    };
+    info!(?start, "creating the router consumer");
+    match events.create_consumer(router_consumer(start)).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let err = BrokerError::new("creating the router consumer", e);
+            // Another replica created it first (with its own start, equally valid).
+            if err.kind == BrokerErrorKind::Conflict {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+// --- end routing ---

@@ -133,6 +133,9 @@ pub struct EventsConfig {
     pub duplicate_window_secs: u64,
     pub max_consumers: i32,
     pub max_batch: usize,
+    // Routing (docs/adr/0010).
+    pub delivery_shards: u32,
+    pub delivery_max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,17 +169,8 @@ pub struct DeliveryConfig {
     pub slow_delivery_ms: u64,
     pub shutdown_grace_ms: u64,
     pub stats_flush_ms: u64,
-    pub pull_mode: PullMode,
-}
-
-/// How workers pull from destination consumers (docs/adr/0001).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PullMode {
-    /// Pull only where there is work (signal, own retry timers, sweep).
-    OnDemand,
-    /// One parked pull stream per destination: the measured baseline, for benchmarks.
-    PerDestination,
+    // Routing (docs/adr/0010).
+    pub consumer_idle_secs: u64,
 }
 
 /// Circuit breakers, shared rate limits, tenant ingest limits (`src/flow/`).
@@ -399,6 +393,19 @@ impl Config {
                 "nats.inbox_prefix",
                 "must be one subject token of [A-Za-z0-9_-]",
             ));
+        }
+        // Routing (docs/adr/0010).
+        if !(1..=1024).contains(&self.events.delivery_shards) {
+            return Err(invalid("events.delivery_shards", "must be 1 to 1024"));
+        }
+        if self.events.delivery_max_bytes <= 0 {
+            return Err(invalid(
+                "events.delivery_max_bytes",
+                "must be positive: a shard without a bound could fill the disk",
+            ));
+        }
+        if self.delivery.consumer_idle_secs == 0 {
+            return Err(invalid("delivery.consumer_idle_secs", "must be at least 1"));
         }
         if self.events.max_consumers <= 0 {
             return Err(invalid(

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::broker::backward::Walker;
 use crate::broker::names::ATTEMPTS_STREAM;
-use crate::broker::{Broker, BrokerError, consumers};
+use crate::broker::{Broker, BrokerError};
 use crate::flow::Flow;
 use crate::model::circuit::{CircuitView, Phase};
 use crate::model::{AttemptOutcome, AttemptRecord, Destination};
@@ -104,7 +104,7 @@ pub async fn of(
         .iter()
         .find(|a| a.outcome != AttemptOutcome::Delivered);
     let circuit = flow.circuits.view(destination.id.as_str());
-    let (pending, retrying) = consumers::backlog(&broker.events, &destination.id).await;
+    let (pending, retrying) = broker.destination_backlog(destination.id.as_str()).await;
     let state = if destination.disabled_reason.is_some()
         || circuit.state == Phase::Open
         || last.is_some_and(|a| a.outcome != AttemptOutcome::Delivered)

@@ -1,5 +1,7 @@
-//! One message from a destination's consumer, start to finish: parse, count the attempt,
-//! send, record, then acknowledge, retry later, or dead-letter.
+//! One delivery message from a destination's consumer (`dest_<id>` on its shard), start
+//! to finish: parse, count the attempt, send, record, then acknowledge, retry later, or
+//! dead-letter. The router already chose the destination (docs/adr/0010): what is here
+//! is delivered, whatever the destination's patterns say now.
 //!
 //! Order matters and is the same everywhere: the attempt record is stored before the
 //! message is acked or nak'd (the next attempt counts from it), and a dead letter is
@@ -11,24 +13,22 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, warn};
 
-use super::retry::{self, Next};
+use super::dead_letter;
+use super::outcome::{self, Outcome};
+use super::request;
 use super::sender::{self, Sender};
-use super::signer;
 use super::stats::StatsCounters;
-use super::template;
-use crate::broker::names::EventSubject;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
+use crate::broker::consumers::ConsumerPolicy;
+use crate::broker::names::headers as h;
 use crate::destinations::DestinationStore;
-use crate::dlq::{self, DeadLetter, DlqReason};
+use crate::dlq::{DeadLetter, DlqReason};
 use crate::flow::{self, Admission, Flow};
-use crate::model::{
-    AttemptOutcome, AttemptRecord, BodyMode, Destination, Envelope, EventType, HttpMethod,
-};
+use crate::history;
+use crate::model::{AttemptOutcome, AttemptRecord, Destination, Envelope};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -47,14 +47,17 @@ pub struct Deliverer {
     pub store: DestinationStore,
     pub stats: Arc<StatsCounters>,
     pub retry_after_cap: Duration,
-    pub ack_wait_margin: Duration,
+    /// The ack-wait rule, shared with the consumers' configuration.
+    pub consumer_policy: ConsumerPolicy,
     pub token: CancellationToken,
 }
 
-/// An event parsed from its message, ready to send.
+/// An event parsed from its delivery message, ready to send.
 struct Incoming {
     envelope: Envelope,
     body: Bytes,
+    /// The event's sequence on `HS_EVENTS` (`Hs-Event-Seq`): what attempt records and
+    /// dead letters name, whichever shard copy is being delivered.
     seq: u64,
     delivered: i64,
 }
@@ -69,7 +72,10 @@ struct Tried {
 impl Deliverer {
     pub async fn handle(&self, destination: &Destination, msg: Message) -> Handled {
         let (seq, delivered) = match msg.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
+            Ok(info) => (
+                event_seq(&msg).unwrap_or(info.stream_sequence),
+                info.delivered,
+            ),
             Err(e) => {
                 // Not a JetStream message: nothing to ack. Cannot happen on a pull.
                 warn!(error = %e, "message without JetStream metadata");
@@ -96,49 +102,11 @@ impl Deliverer {
         delivered: i64,
     ) -> Handled {
         match self.parse(destination, &msg, seq, delivered) {
-            Ok(Some(incoming)) => self.deliver(destination, msg, incoming).await,
-            Ok(None) => {
-                self.recheck_unmatched(destination, msg, seq, delivered)
+            Ok(incoming) => self.deliver(destination, msg, incoming).await,
+            Err((reason, why)) => {
+                self.dead_letter_unparsable(destination, msg, seq, reason, &why)
                     .await
             }
-            Err(why) => {
-                self.dead_letter_malformed(destination, msg, seq, &why)
-                    .await
-            }
-        }
-    }
-
-    /// A message the destination's patterns (as this worker knows them) do not match.
-    /// Either a widened consumer filter caught it (ADR 0003), or the destination just
-    /// changed and the consumer knows it before this worker does: the bucket decides
-    /// before anything is dropped.
-    async fn recheck_unmatched(
-        &self,
-        destination: &Destination,
-        msg: Message,
-        seq: u64,
-        delivered: i64,
-    ) -> Handled {
-        let fresh = match self.store.get(&destination.id).await {
-            Ok(Some((d, _))) => d,
-            Ok(None) => {
-                ack(&msg, AckKind::Ack).await;
-                return Handled::Done;
-            }
-            Err(e) => {
-                warn!(destination_id = %destination.id, error = %e, "cannot re-read a changed destination; will retry");
-                let delay = Duration::from_secs(1);
-                ack(&msg, AckKind::Nak(Some(delay))).await;
-                return Handled::RetryIn(delay);
-            }
-        };
-        match self.parse(&fresh, &msg, seq, delivered) {
-            Ok(Some(incoming)) => self.deliver(&fresh, msg, incoming).await,
-            Ok(None) => {
-                ack(&msg, AckKind::Ack).await;
-                Handled::Done
-            }
-            Err(why) => self.dead_letter_malformed(&fresh, msg, seq, &why).await,
         }
     }
 
@@ -148,50 +116,37 @@ impl Deliverer {
         msg: &Message,
         seq: u64,
         delivered: i64,
-    ) -> Result<Option<Incoming>, String> {
-        let envelope: Envelope = serde_json::from_slice(&msg.payload)
-            .map_err(|e| format!("body is not an event envelope: {e}"))?;
-        let subject = self
+    ) -> Result<Incoming, (DlqReason, String)> {
+        let malformed = |why: String| (DlqReason::MalformedEvent, why);
+        if self
             .broker
             .subjects
-            .parse_event_subject(msg.subject.as_str())
-            .ok_or_else(|| format!("unexpected subject {}", msg.subject))?;
-        let (subject_type, wanted) = match subject {
-            EventSubject::Tenant { tenant, event_type } => {
-                if tenant != envelope.tenant.as_str() {
-                    return Err(format!(
-                        "envelope tenant {} differs from subject tenant {tenant}",
-                        envelope.tenant
-                    ));
-                }
-                (event_type, destination.accepts(event_type))
-            }
-            EventSubject::Directed { event_type, .. } => {
-                if envelope.tenant != destination.tenant {
-                    return Err(format!(
-                        "event of tenant {} aimed at a destination of tenant {}",
-                        envelope.tenant, destination.tenant
-                    ));
-                }
-                (event_type, true)
-            }
-        };
-        if EventType::parse(subject_type).ok().as_ref() != Some(&envelope.event_type) {
-            return Err(format!(
-                "envelope type {} differs from subject type {subject_type}",
-                envelope.event_type
+            .parse_delivery_subject(msg.subject.as_str())
+            != Some(destination.id.as_str())
+        {
+            return Err(malformed(format!("unexpected subject {}", msg.subject)));
+        }
+        if event_seq(msg).is_none() {
+            return Err(malformed(format!("no {} header", h::EVENT_SEQ)));
+        }
+        let envelope: Envelope = serde_json::from_slice(&msg.payload)
+            .map_err(|e| malformed(format!("body is not an event envelope: {e}")))?;
+        if envelope.tenant != destination.tenant {
+            return Err((
+                DlqReason::TenantMismatch,
+                format!(
+                    "event of tenant {} for a destination of tenant {}",
+                    envelope.tenant, destination.tenant
+                ),
             ));
         }
-        if !wanted {
-            return Ok(None);
-        }
         spans::record_event_id(&Span::current(), envelope.id.as_str());
-        Ok(Some(Incoming {
+        Ok(Incoming {
             envelope,
             body: msg.payload.clone(),
             seq,
             delivered,
-        }))
+        })
     }
 
     async fn deliver(&self, destination: &Destination, msg: Message, event: Incoming) -> Handled {
@@ -211,7 +166,7 @@ impl Deliverer {
             },
             _ => 1,
         };
-        let ack_wait = Duration::from_millis(destination.timeout_ms) + self.ack_wait_margin;
+        let ack_wait = self.consumer_policy.ack_wait(destination);
         loop {
             // Rate limit and circuit first: waiting or being held back uses up no attempt.
             let admitted = tokio::select! {
@@ -239,35 +194,25 @@ impl Deliverer {
             self.flow
                 .settle(destination, flow::verdict(response.status))
                 .await;
-            if response.is_success() {
-                self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
-                    .await;
-                ack(&msg, AckKind::Ack).await;
-                spans::record_outcome(&Span::current(), "delivered", None);
-                return Handled::Done;
-            }
-            if response.status == Some(410) {
-                return self
-                    .give_up(destination, &msg, &event, &tried, DlqReason::Gone)
-                    .await;
-            }
-            // Retry-After means "not before" only on 429 and 503 (RFC 9110).
-            let retry_after = response
-                .retry_after
-                .filter(|_| matches!(response.status, Some(429 | 503)));
-            let next = retry::after_failure(
+            let delay = match outcome::after_attempt(
+                response,
                 &destination.retry,
                 number,
-                retry_after,
                 self.retry_after_cap,
-            );
-            let delay = match next {
-                Next::GiveUp => {
+            ) {
+                Outcome::Delivered => {
+                    self.record(destination, &event, &tried, AttemptOutcome::Delivered, None)
+                        .await;
+                    ack(&msg, AckKind::Ack).await;
+                    spans::record_outcome(&Span::current(), "delivered", None);
+                    return Handled::Done;
+                }
+                Outcome::GiveUp(reason) => {
                     return self
-                        .give_up(destination, &msg, &event, &tried, DlqReason::MaxAttempts)
+                        .give_up(destination, &msg, &event, &tried, reason)
                         .await;
                 }
-                Next::RetryAfter(delay) => delay,
+                Outcome::RetryIn(delay) => delay,
             };
             let next_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             self.record(
@@ -308,7 +253,7 @@ impl Deliverer {
     ) -> Tried {
         let started_at = Utc::now();
         let span = spans::attempt(
-            method_name(destination.method),
+            request::method_name(destination.method),
             event.envelope.id.as_str(),
             destination.id.as_str(),
             number,
@@ -319,9 +264,10 @@ impl Deliverer {
         let traceparent = own
             .as_deref()
             .or_else(|| propagation::nats_traceparent(msg.headers.as_ref()));
-        let request = build_request(
+        let request = request::build(
             destination,
-            event,
+            &event.envelope,
+            &event.body,
             number,
             started_at.timestamp(),
             traceparent,
@@ -385,7 +331,14 @@ impl Deliverer {
             first_attempt_at: first_attempt_at.or(Some(tried.started_at)),
             last_attempt_at: Some(tried.started_at),
         };
-        if let Err(e) = dlq::publish::publish(&self.broker, letter).await {
+        if let Err(e) = dead_letter::store(
+            &self.broker,
+            &self.stats,
+            Some(event.envelope.id.as_str()),
+            letter,
+        )
+        .await
+        {
             // Not stored: keep the original and try the last step again later.
             warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "dead letter not stored; will retry");
             let delay = Duration::from_secs(5);
@@ -402,13 +355,6 @@ impl Deliverer {
         .await;
         ack(msg, AckKind::Ack).await;
         spans::record_outcome(&Span::current(), "dead_lettered", None);
-        metrics::counter!(
-            m::DEAD_LETTERED,
-            "reason" => reason.as_str(),
-            "destination" => m::destination_label(destination.id.as_str())
-        )
-        .increment(1);
-        warn!(event_id = %event.envelope.id, destination_id = %destination.id, reason = reason.as_str(), attempts = tried.number, "dead-lettered");
         if reason == DlqReason::Gone {
             let why = format!(
                 "receiver answered 410 Gone at {}",
@@ -421,17 +367,20 @@ impl Deliverer {
         Handled::Done
     }
 
-    async fn dead_letter_malformed(
+    /// A delivery message that cannot be delivered as it stands (the router checks the
+    /// same, so only a message written by something else gets here).
+    async fn dead_letter_unparsable(
         &self,
         destination: &Destination,
         msg: Message,
         seq: u64,
+        reason: DlqReason,
         why: &str,
     ) -> Handled {
         let letter = DeadLetter {
             tenant: destination.tenant.as_str(),
             destination_id: destination.id.as_str(),
-            reason: DlqReason::MalformedEvent,
+            reason,
             original_headers: msg.headers.as_ref(),
             body: msg.payload.clone(),
             original_seq: seq,
@@ -441,22 +390,13 @@ impl Deliverer {
             first_attempt_at: None,
             last_attempt_at: None,
         };
-        match dlq::publish::publish(&self.broker, letter).await {
+        match dead_letter::store(&self.broker, &self.stats, None, letter).await {
             Ok(()) => {
-                warn!(destination_id = %destination.id, seq, error = why, "malformed event dead-lettered");
-                metrics::counter!(
-                    m::DEAD_LETTERED,
-                    "reason" => "malformed_event",
-                    "destination" => m::destination_label(destination.id.as_str())
-                )
-                .increment(1);
-                self.stats
-                    .add(destination.id.as_str(), super::stats::Counter::DeadLettered);
                 ack(&msg, AckKind::Ack).await;
                 Handled::Done
             }
             Err(e) => {
-                warn!(destination_id = %destination.id, error = %e, "malformed event not dead-lettered; will retry");
+                warn!(destination_id = %destination.id, error = %e, "unparsable delivery not dead-lettered; will retry");
                 let delay = Duration::from_secs(5);
                 ack(&msg, AckKind::Nak(Some(delay))).await;
                 Handled::RetryIn(delay)
@@ -473,17 +413,15 @@ impl Deliverer {
         outcome: AttemptOutcome,
         next_attempt_at: Option<DateTime<Utc>>,
     ) {
+        // A dead letter is counted where it is stored (`dead_letter::store`); its last
+        // attempt failed like any other.
         let counter = match outcome {
             AttemptOutcome::Delivered => super::stats::Counter::Delivered,
-            AttemptOutcome::Retrying => super::stats::Counter::Failed,
-            AttemptOutcome::DeadLettered => super::stats::Counter::DeadLettered,
+            AttemptOutcome::Retrying | AttemptOutcome::DeadLettered => {
+                super::stats::Counter::Failed
+            }
         };
         self.stats.add(destination.id.as_str(), counter);
-        if outcome == AttemptOutcome::DeadLettered {
-            // The last attempt failed too.
-            self.stats
-                .add(destination.id.as_str(), super::stats::Counter::Failed);
-        }
         let outcome_label = match outcome {
             AttemptOutcome::Delivered => "delivered",
             AttemptOutcome::Retrying => "failed",
@@ -511,35 +449,7 @@ impl Deliverer {
             next_attempt_at,
             stream_seq: event.seq,
         };
-        let subject = self.broker.subjects.attempt(
-            event.envelope.tenant.as_str(),
-            event.envelope.id.as_str(),
-            destination.id.as_str(),
-        );
-        let payload: Bytes = serde_json::to_vec(&record)
-            .expect("attempt record serialises")
-            .into();
-        if outcome == AttemptOutcome::Delivered {
-            // History only: nothing counts from a success record, so it is published
-            // without waiting for the stream's ack (JetStream still stores it). This saves a
-            // round trip per delivery; a record lost to a NATS outage costs history, not
-            // delivery.
-            if let Err(e) = self.broker.client.publish(subject, payload).await {
-                warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "attempt record not sent");
-            }
-            return;
-        }
-        let stored = async {
-            self.broker
-                .js
-                .publish(subject, payload)
-                .await
-                .map_err(|e| BrokerError::new("publishing attempt record", e))?
-                .await
-                .map_err(|e| BrokerError::new("awaiting attempt record ack", e))
-        }
-        .await;
-        if let Err(e) = stored {
+        if let Err(e) = history::store_attempt(&self.broker, &record).await {
             warn!(event_id = %event.envelope.id, destination_id = %destination.id, error = %e, "attempt record not stored");
         }
     }
@@ -549,18 +459,13 @@ impl Deliverer {
         event: &Incoming,
         destination: &Destination,
     ) -> Option<AttemptRecord> {
-        let subject = self.broker.subjects.attempt(
+        history::last_attempt(
+            &self.broker,
             event.envelope.tenant.as_str(),
             event.envelope.id.as_str(),
             destination.id.as_str(),
-        );
-        let msg = self
-            .broker
-            .attempts
-            .direct_get_last_for_subject(subject)
-            .await
-            .ok()?;
-        serde_json::from_slice(&msg.payload).ok()
+        )
+        .await
     }
 
     async fn first_attempt_at(
@@ -568,95 +473,15 @@ impl Deliverer {
         event: &Incoming,
         destination: &Destination,
     ) -> Option<DateTime<Utc>> {
-        let subject = self.broker.subjects.attempt(
+        let record = history::first_attempt(
+            &self.broker,
             event.envelope.tenant.as_str(),
             event.envelope.id.as_str(),
             destination.id.as_str(),
-        );
-        let msg = self
-            .broker
-            .attempts
-            .direct_get_first_for_subject(subject)
-            .await
-            .ok()?;
-        let record: AttemptRecord = serde_json::from_slice(&msg.payload).ok()?;
+        )
+        .await?;
         (record.stream_seq == event.seq).then_some(record.started_at)
     }
-}
-
-fn method_name(method: HttpMethod) -> &'static str {
-    match method {
-        HttpMethod::Get => "GET",
-        HttpMethod::Put => "PUT",
-        HttpMethod::Post => "POST",
-    }
-}
-
-/// The signed request of attempt `number`.
-fn build_request(
-    destination: &Destination,
-    event: &Incoming,
-    number: u32,
-    timestamp: i64,
-    traceparent: Option<&str>,
-) -> Result<sender::Request, String> {
-    let id = event.envelope.id.as_str();
-    let (method, url, body) = match destination.method {
-        HttpMethod::Get => {
-            let data: serde_json::Value = serde_json::from_str(event.envelope.data.get())
-                .map_err(|e| format!("data is not JSON: {e}"))?;
-            (Method::GET, template::fill(&destination.url, &data), None)
-        }
-        m => {
-            let body = match destination.body {
-                BodyMode::Envelope => event.body.clone(),
-                BodyMode::Data => Bytes::copy_from_slice(event.envelope.data.get().as_bytes()),
-            };
-            let method = if m == HttpMethod::Put {
-                Method::PUT
-            } else {
-                Method::POST
-            };
-            (method, destination.url.clone(), Some(body))
-        }
-    };
-    let now = Utc::now();
-    let keys = destination
-        .secrets
-        .iter()
-        .filter(|s| s.is_active(now))
-        .map(|s| &s.key);
-    let signature = signer::signature_header(keys, id, timestamp, body.as_deref().unwrap_or(b""));
-
-    let mut headers = HeaderMap::with_capacity(destination.headers.len() + 8);
-    for (name, value) in &destination.headers {
-        // Validated when the destination was saved.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("bad header value: {e}"));
-    if body.is_some() {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
-    headers.insert("webhook-id", value(id)?);
-    headers.insert("webhook-timestamp", value(&timestamp.to_string())?);
-    headers.insert("webhook-signature", value(&signature)?);
-    headers.insert("hs-event-type", value(event.envelope.event_type.as_str())?);
-    headers.insert("hs-attempt", value(&number.to_string())?);
-    if let Some(tp) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
-        headers.insert("traceparent", tp);
-    }
-    Ok(sender::Request {
-        method,
-        url,
-        headers,
-        body,
-        timeout: Duration::from_millis(destination.timeout_ms),
-    })
 }
 
 /// Runs `work`, telling the server "still working" every half ack wait so that a slow
@@ -670,6 +495,16 @@ async fn keep_alive<T>(msg: &Message, ack_wait: Duration, work: impl Future<Outp
             _ = tokio::time::sleep(period) => ack(msg, AckKind::Progress).await,
         }
     }
+}
+
+/// The event's `HS_EVENTS` sequence, from the delivery message's `Hs-Event-Seq`.
+fn event_seq(msg: &Message) -> Option<u64> {
+    msg.headers
+        .as_ref()?
+        .get(h::EVENT_SEQ)?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 /// Acks are fire-and-forget publishes; a lost one means a redelivery, which the attempt

@@ -1,12 +1,13 @@
 //! Pulling only where there is work.
 //!
 //! A destination is *idle* (no task, no pull request, no timer, no memory beyond its
-//! registry entry) until something says it may have work: a new event on one of its
-//! subjects (the signal), a retry time this worker scheduled itself, or the periodic
-//! sweep. Then one drain task pulls from its consumer in batches of up to its free
-//! in-flight slots, runs the deliveries concurrently, and keeps pulling until a pull
-//! comes back empty with nothing in flight and no new signal has arrived; then the
-//! destination is idle again. See docs/adr/0001-pull-only-where-there-is-work.md.
+//! registry entry) until something says it may have work: the router's doorbell (it just
+//! wrote deliveries for it), a retry time this worker scheduled itself, or the periodic
+//! shard scan. Then one drain task pulls from its consumer (`dest_<id>` on its delivery
+//! shard, created here when it is missing) in batches of up to its free in-flight slots,
+//! runs the deliveries concurrently, and keeps pulling until a pull comes back empty with
+//! nothing in flight and no new wake-up has arrived; then the destination is idle again.
+//! See docs/adr/0001 and docs/adr/0010.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,18 +23,20 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::attempt::{Deliverer, Handled};
-use super::registry::Registry;
 use async_nats::StatusCode;
 use async_nats::jetstream::Message;
 
-use crate::broker::names;
 use crate::broker::pull::{Orphan, PullMux, Reply, Route};
+use crate::broker::{BrokerErrorKind, consumers, names};
+use crate::destinations::Registry;
 use crate::flow::circuit::Gate;
 use crate::model::DestinationId;
 use crate::telemetry::metrics as m;
 
 /// How long a drain waits after NATS failed to take or answer a pull.
 const PULL_RETRY: Duration = Duration::from_secs(1);
+/// How long a destination waits for room when its shard has no consumer slot left.
+const CONSUMER_LIMIT_RETRY: Duration = Duration::from_secs(5);
 
 /// A destination that is being drained.
 struct Slot {
@@ -161,7 +164,11 @@ impl Dispatcher {
             self.active_lock().remove(&id);
             return;
         };
-        let mut route = self.mux.open(&names::consumer_name(&dest_id));
+        let shard = self.deliverer.broker.shard_of(&id);
+        let mut route = self.mux.open(
+            &names::delivery_stream(shard),
+            &names::consumer_name(&dest_id),
+        );
         let mut pulls = Pulls::default();
         loop {
             slot.dirty.store(false, Ordering::Release);
@@ -284,9 +291,26 @@ impl Dispatcher {
                             tracing::trace!(destination_id = %id, request, %status, "pull ended");
                             pulls.open = None;
                             if status == StatusCode::NO_RESPONDERS {
-                                warn!(destination_id = %id, "JetStream did not answer a pull; trying again shortly");
-                                self.retry_shortly(id, in_flight).await;
-                                return;
+                                // No consumer (never made, or removed idle by the server):
+                                // make it from the destination and pull again. Twice in a
+                                // row: JetStream itself is not answering.
+                                if std::mem::replace(&mut pulls.created, true) {
+                                    warn!(destination_id = %id, "JetStream did not answer a pull; trying again shortly");
+                                    pulls.created = false;
+                                    self.retry_shortly(id, in_flight).await;
+                                    return;
+                                }
+                                match self.create_consumer(&destination).await {
+                                    Ok(()) => {
+                                        pulls.owed = pulls.owed.max(1);
+                                        continue;
+                                    }
+                                    Err(delay) => {
+                                        self.finish(id, in_flight).await;
+                                        self.signal_at(id, Instant::now() + delay);
+                                        return;
+                                    }
+                                }
                             }
                             // 404: nothing ready now. What becomes ready later is announced
                             // (a signal per event, a timer per retry, the sweep).
@@ -358,6 +382,38 @@ impl Dispatcher {
         });
     }
 
+    /// Creates the destination's consumer on its shard (create-or-update: replicas doing
+    /// it together agree). On failure answers when to try again.
+    async fn create_consumer(
+        &self,
+        destination: &crate::model::Destination,
+    ) -> Result<(), Duration> {
+        let broker = &self.deliverer.broker;
+        let id = destination.id.as_str();
+        let config = consumers::desired_config(
+            destination,
+            &broker.subjects,
+            broker.shard_of(id),
+            self.deliverer.consumer_policy,
+        );
+        match consumers::upsert(broker.shard_stream(id), config).await {
+            Ok(_) => {
+                debug!(destination_id = %id, "consumer created");
+                metrics::counter!(m::CONSUMERS_CREATED).increment(1);
+                Ok(())
+            }
+            Err(e) if e.kind == BrokerErrorKind::ConsumerLimit => {
+                // Its deliveries wait in the shard until idle consumers make room.
+                warn!(destination_id = %id, error = %e, "shard at its consumer limit (events.max_consumers); deliveries wait");
+                Err(CONSUMER_LIMIT_RETRY)
+            }
+            Err(e) => {
+                warn!(destination_id = %id, error = %e, "consumer not created; trying again shortly");
+                Err(PULL_RETRY)
+            }
+        }
+    }
+
     /// NATS could not take or answer a pull: let what is in flight finish and come back
     /// in a second.
     async fn retry_shortly(&self, id: &Arc<str>, in_flight: &mut JoinSet<Handled>) {
@@ -419,6 +475,8 @@ struct Pulls {
     rechecks: usize,
     /// When to look again (no pull before).
     recheck_at: Option<Instant>,
+    /// The consumer was just created after a pull found none.
+    created: bool,
 }
 
 impl Pulls {
@@ -430,6 +488,7 @@ impl Pulls {
     }
 
     fn got_message(&mut self) {
+        self.created = false;
         self.announced = false;
         self.rechecks = 0;
     }

@@ -1,74 +1,85 @@
 //! Delivery: workers that pull from destination consumers and send signed webhooks.
 //!
-//! - `watch` keeps `registry` equal to the destinations bucket,
-//! - `signal` wakes destinations that have new events, `sweep` catches the rest,
-//! - `dispatcher` drains woken destinations, `attempt` handles one message,
-//! - `sender`, `signer`, `retry`, `template`, `ssrf` are the HTTP side,
+//! - `dispatcher` drains destinations that have work, `attempt` handles one message,
+//!   `outcome` decides what an answer leads to, `request` builds the signed request,
+//! - `backlog` scans the delivery shards for destinations with deliveries waiting,
+//! - `dead_letter` is the one path that stores and counts a dead letter,
+//! - `sender`, `signer`, `retry`, `template` are the HTTP side; attempt records are kept
+//!   by `history`,
 //! - `stats` sums delivery counters across replicas.
 //!
-//! Nothing here knows axum.
+//! Work is announced by the router's doorbell (`broker/doorbell.rs`), by this worker's own
+//! retry times and by the shard scan (docs/adr/0010). Destination state comes from
+//! `destinations/`; nothing here knows axum or the router.
 
 pub mod attempt;
+pub mod backlog;
+pub mod dead_letter;
 pub mod dispatcher;
-pub mod index;
-pub mod parked;
-pub mod registry;
+pub mod outcome;
+pub mod request;
 pub mod retry;
 pub mod sender;
-pub mod signal;
 pub mod signer;
-pub mod ssrf;
 pub mod stats;
-pub mod sweep;
 pub mod template;
-pub mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, BrokerErrorKind};
-use crate::config::{Config, PullMode};
-use crate::destinations::DestinationStore;
+use crate::broker::{Broker, BrokerError, BrokerErrorKind, doorbell, names};
+use crate::config::Config;
+use crate::destinations::watch::DestinationWatch;
+use crate::destinations::{DestinationStore, Registry};
 use crate::flow::Flow;
 use attempt::Deliverer;
+use backlog::Scanner;
 use dispatcher::Dispatcher;
-use registry::Registry;
 use sender::Sender;
 use stats::StatsCounters;
-use sweep::Sweeper;
 
 /// A running worker: its tasks live in the tracker and stop with the token.
 pub struct Worker {
     pub registry: Arc<Registry>,
     pub dispatcher: Arc<Dispatcher>,
-    ready: Arc<AtomicBool>,
+    /// Delivery counters of this process (the router counts its dead letters here too).
+    pub stats: Arc<StatsCounters>,
+}
+
+/// What a worker is made of: the shared handles its tasks keep.
+pub struct WorkerParts {
+    pub registry: Arc<Registry>,
+    pub broker: Broker,
+    pub cfg: Arc<Config>,
+    pub store: DestinationStore,
+    pub sender: Sender,
+    pub flow: Arc<Flow>,
+    pub tracker: TaskTracker,
+    pub token: CancellationToken,
 }
 
 impl Worker {
-    /// Loads the destinations, subscribes to the signal, runs a first sweep (which repairs
-    /// consumers and wakes every destination with a backlog), then keeps all of it going.
-    // Each argument is a distinct shared handle the worker's tasks keep; a struct holding
-    // them would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        registry: Arc<Registry>,
-        broker: Broker,
-        cfg: Arc<Config>,
-        store: DestinationStore,
-        sender: Sender,
-        flow: Arc<Flow>,
-        tracker: TaskTracker,
-        token: CancellationToken,
-    ) -> Result<Self, BrokerError> {
+    /// Loads the destinations, listens to the doorbell, scans the shards once (which
+    /// wakes every destination with deliveries waiting), then keeps all of it going.
+    pub async fn start(parts: WorkerParts) -> Result<Self, BrokerError> {
+        let WorkerParts {
+            registry,
+            broker,
+            cfg,
+            store,
+            sender,
+            flow,
+            tracker,
+            token,
+        } = parts;
         let d = &cfg.delivery;
         let stats = Arc::new(StatsCounters::default());
-        let ack_wait_margin = Duration::from_millis(d.ack_wait_margin_ms);
         let deliverer = Arc::new(Deliverer {
             broker: broker.clone(),
             sender,
@@ -76,7 +87,7 @@ impl Worker {
             store: store.clone(),
             stats: stats.clone(),
             retry_after_cap: Duration::from_millis(d.retry_after_cap_ms),
-            ack_wait_margin,
+            consumer_policy: store.consumer_policy(),
             token: token.clone(),
         });
         let dispatcher = Dispatcher::start(
@@ -94,12 +105,18 @@ impl Worker {
             token.clone(),
         );
 
-        let watch = watch::DestinationWatch::open(&broker).await?;
+        let watch = DestinationWatch::open(&broker).await?;
         let (loaded_tx, loaded_rx) = oneshot::channel();
+        let woken = Arc::downgrade(&dispatcher);
         tracker.spawn(watch.run(
             broker.clone(),
             registry.clone(),
-            dispatcher.clone(),
+            // A resumed or re-enabled destination may have deliveries waiting.
+            Box::new(move |id: &str| {
+                if let Some(dispatcher) = woken.upgrade() {
+                    dispatcher.signal(id);
+                }
+            }),
             loaded_tx,
             token.clone(),
         ));
@@ -112,50 +129,47 @@ impl Worker {
         }
         info!(destinations = registry.len(), "destinations loaded");
 
-        let on_demand = d.pull_mode == PullMode::OnDemand;
-        if on_demand {
-            // Subscribe before the first sweep: every event is then seen by one or the other.
-            let signal = signal::Signal::subscribe(&broker).await?;
-            tracker.spawn(signal.run(
-                broker.clone(),
-                registry.clone(),
-                dispatcher.clone(),
-                token.clone(),
-            ));
-        } else {
-            tracker.spawn(parked::run(
-                broker.clone(),
-                registry.clone(),
-                deliverer.clone(),
-                token.clone(),
-            ));
-        }
+        // Listen before the first scan: every delivery is then announced by one or the
+        // other.
+        let subject = names::doorbell_subject(&cfg.nats.inbox_prefix, &cfg.subject_prefix);
+        let mut bells = doorbell::listen(&broker.client, &subject).await?;
+        let ringing = dispatcher.clone();
+        let bell_token = token.clone();
+        tracker.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = bell_token.cancelled() => return,
+                    msg = bells.next() => match msg {
+                        Some(msg) => msg,
+                        None => return,
+                    },
+                };
+                for (id, deliveries) in doorbell::parse(&msg.payload) {
+                    ringing.signal_with_hint(id, deliveries);
+                }
+            }
+        });
 
-        let sweeper = Sweeper {
+        let scanner = Scanner {
             broker: broker.clone(),
             registry: registry.clone(),
             dispatcher: dispatcher.clone(),
-            store,
-            ack_wait_margin,
             max_consumers: cfg.events.max_consumers,
-            wake: on_demand,
         };
-        let report = sweeper.sweep().await?;
-        info!(?report, "first sweep done");
-
-        let ready = Arc::new(AtomicBool::new(true));
+        let report = scanner.scan().await?;
+        info!(?report, "first shard scan done");
         let interval = Duration::from_millis(d.sweep_interval_ms);
-        let sweep_token = token.clone();
+        let scan_token = token.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = sweep_token.cancelled() => return,
+                    _ = scan_token.cancelled() => return,
                     _ = tick.tick() => {
-                        if let Err(e) = sweeper.sweep().await {
-                            warn!(error = %e, "sweep failed");
+                        if let Err(e) = scanner.scan().await {
+                            warn!(error = %e, "shard scan failed");
                         }
                     }
                 }
@@ -163,16 +177,13 @@ impl Worker {
         });
         let flush_every = Duration::from_millis(d.stats_flush_ms);
         let flush_token = token.clone();
-        tracker.spawn(async move { stats.run_flusher(broker, flush_every, flush_token).await });
+        let flushed = stats.clone();
+        tracker.spawn(async move { flushed.run_flusher(broker, flush_every, flush_token).await });
 
         Ok(Self {
             registry,
             dispatcher,
-            ready,
+            stats,
         })
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
     }
 }

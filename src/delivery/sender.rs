@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Client, Method, redirect};
 
 use super::retry::parse_retry_after;
-use super::ssrf::{GuardedResolver, SsrfPolicy};
+use crate::destinations::ssrf::{GuardedResolver, SsrfPolicy};
 
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
 

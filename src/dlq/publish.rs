@@ -19,6 +19,9 @@ pub enum DlqReason {
     Gone,
     /// The message on `HS_EVENTS` is not a valid event envelope.
     MalformedEvent,
+    /// The message names another tenant than its subject (or than the destination it is
+    /// aimed at).
+    TenantMismatch,
 }
 
 impl DlqReason {
@@ -27,10 +30,12 @@ impl DlqReason {
             Self::MaxAttempts => "max_attempts",
             Self::Gone => "gone",
             Self::MalformedEvent => "malformed_event",
+            Self::TenantMismatch => "tenant_mismatch",
         }
     }
 }
 
+#[derive(Clone)]
 pub struct DeadLetter<'a> {
     pub tenant: &'a str,
     pub destination_id: &'a str,
@@ -46,8 +51,11 @@ pub struct DeadLetter<'a> {
 }
 
 /// Headers of the original that must not be copied: JetStream would act on them.
+/// `Hs-Event-Seq` is the delivery copy's own (the dead letter says `Hs-Original-Seq`).
 fn is_jetstream_control(name: &str) -> bool {
-    name.eq_ignore_ascii_case(h::MSG_ID) || name.to_ascii_lowercase().starts_with("nats-expected")
+    name.eq_ignore_ascii_case(h::MSG_ID)
+        || name.eq_ignore_ascii_case(h::EVENT_SEQ)
+        || name.to_ascii_lowercase().starts_with("nats-expected")
 }
 
 pub async fn publish(broker: &Broker, letter: DeadLetter<'_>) -> Result<(), BrokerError> {

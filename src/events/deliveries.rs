@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::broker::names::ATTEMPTS_STREAM;
 use crate::broker::{Broker, BrokerError, direct};
-use crate::delivery::registry::Registry;
+use crate::destinations::Registry;
 use crate::destinations::{DestinationError, DestinationStore};
 use crate::flow::Flow;
 use crate::flow::circuit::Gate;

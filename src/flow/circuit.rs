@@ -106,7 +106,8 @@ pub enum Verdict {
 
 pub struct Circuits {
     kv: kv::Store,
-    events: Stream,
+    /// The delivery shards, where destination consumers live (docs/adr/0010).
+    shards: Vec<Stream>,
     policy: CircuitPolicy,
     /// Destinations whose circuit is not closed-with-no-failures, with the revision.
     known: RwLock<HashMap<String, (Stored, u64)>>,
@@ -114,10 +115,10 @@ pub struct Circuits {
 }
 
 impl Circuits {
-    pub fn new(kv: kv::Store, events: Stream, policy: CircuitPolicy) -> Self {
+    pub fn new(kv: kv::Store, shards: Vec<Stream>, policy: CircuitPolicy) -> Self {
         Self {
             kv,
-            events,
+            shards,
             policy,
             known: RwLock::new(HashMap::new()),
             transitions: (0..TRANSITION_STRIPES)
@@ -199,6 +200,10 @@ impl Circuits {
     ) -> Result<(), BrokerError> {
         let policy = self.policy;
         let name = names::consumer_name(destination);
+        let shard = names::shard_of(destination.as_str(), self.shards.len() as u32);
+        // A destination without a consumer now has nothing to pause or resume: the
+        // dispatcher's gate holds it back, and its next consumer is made paused or not.
+        let consumer_stream = &self.shards[shard as usize];
         match verdict {
             Verdict::Alive => {
                 let known = {
@@ -218,7 +223,7 @@ impl Circuits {
                 {
                     info!(destination_id = %destination, "circuit closed");
                     if may_pause {
-                        consumers::set_paused(&self.events, &name, false).await?;
+                        consumers::set_paused(consumer_stream, &name, false).await?;
                     }
                 }
             }
@@ -259,7 +264,7 @@ impl Circuits {
                     metrics::counter!(m::CIRCUIT_OPENED).increment(1);
                     if may_pause {
                         // The server resumes the consumer by itself when the cool-down ends.
-                        consumers::pause_until(&self.events, &name, until).await?;
+                        consumers::pause_until(consumer_stream, &name, until).await?;
                     }
                 }
             }

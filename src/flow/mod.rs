@@ -66,7 +66,7 @@ impl Flow {
             ),
             circuits: Arc::new(Circuits::new(
                 broker.circuits.clone(),
-                broker.events.clone(),
+                broker.shards.clone(),
                 policy,
             )),
             tenant_default: limit(&cfg.tenant_default),

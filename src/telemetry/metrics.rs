@@ -36,6 +36,13 @@ pub const RATE_LIMIT_KV_WRITES: &str = "hookstream_ratelimit_kv_writes_total";
 /// Events refused with 429 by a tenant's ingest limit.
 pub const TENANT_RATE_LIMITED: &str = "hookstream_tenant_rate_limited_total";
 
+// Routing (docs/adr/0010).
+/// Events the router has routed (acked on `HS_EVENTS`), and the deliveries it wrote.
+pub const EVENTS_ROUTED: &str = "hookstream_events_routed_total";
+pub const DELIVERIES_ROUTED: &str = "hookstream_deliveries_routed_total";
+/// Destination consumers a worker created on their shard (they come and go with work).
+pub const CONSUMERS_CREATED: &str = "hookstream_consumers_created_total";
+
 /// The `destination` label value shared by destinations beyond the limit.
 pub const OTHER_DESTINATIONS: &str = "_other";
 

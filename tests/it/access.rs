@@ -785,3 +785,131 @@ async fn two_tenants_cannot_see_count_or_touch_each_others_anything() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_event_naming_another_tenant_than_its_subject_is_dead_lettered_tenant_mismatch() {
+    let app = spawn_app_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let open = Keyed::new(&app, None);
+    let (status, dest) = open
+        .post(
+            "/v1/destinations",
+            json!({"tenant": "acme", "url": receiver.url("/"), "event_types": ["order.*"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dest}");
+    let d = dest["id"].as_str().unwrap().to_string();
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    let envelope = |id: &str, tenant: &str| {
+        json!({"id": id, "tenant": tenant, "type": "order.created",
+               "received_at": "2026-12-01T00:00:00Z", "data": {}})
+        .to_string()
+    };
+    // The envelope names another tenant; Hs-Tenant does; a directed event of another
+    // tenant aimed at acme's destination.
+    let cases = [
+        (
+            "hs.ev.acme.order.created".to_string(),
+            envelope("evt_env", "globex"),
+            "globex",
+        ),
+        (
+            "hs.ev.acme.order.created".to_string(),
+            envelope("evt_hdr", "acme"),
+            "globex",
+        ),
+        (
+            format!("hs.to.{d}.order.created"),
+            envelope("evt_dir", "globex"),
+            "globex",
+        ),
+    ];
+    for (subject, body, header_tenant) in &cases {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Hs-Tenant", *header_tenant);
+        js.publish_with_headers(subject.clone(), headers, body.clone().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let (_, page) = open
+            .get(&format!("/v1/dlq?destination_id={d}&order=oldest"))
+            .await;
+        let letters = page["data"].as_array().cloned().unwrap_or_default();
+        if letters.len() >= cases.len() {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "dead letters so far: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut ids: Vec<&str> = letters
+        .iter()
+        .filter_map(|l| l["event_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["evt_dir", "evt_env", "evt_hdr"]);
+    for letter in &letters {
+        assert_eq!(letter["reason"], "tenant_mismatch", "{letter}");
+        assert_eq!(
+            letter["tenant"], "acme",
+            "filed under the subject's tenant: {letter}"
+        );
+    }
+    assert!(
+        receiver
+            .recv_timeout(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a mismatched event was delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_producer_user_of_one_tenant_cannot_publish_for_another() {
+    use crate::common::cluster::NatsCluster;
+    let cluster = NatsCluster::start().await;
+    // The stream as the service would make it (the service user may use the JS API).
+    let service = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(cluster.service_client().await);
+    let stream = service
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HS_EVENTS".into(),
+            subjects: vec!["hs.ev.>".into(), "hs.to.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create HS_EVENTS");
+    let producer = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(cluster.tenant_producer_client().await);
+    let publish = |subject: &'static str| {
+        let producer = producer.clone();
+        async move {
+            match producer.publish(subject, "{}".into()).await {
+                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    assert_eq!(
+        publish("hs.ev.acme.order.created").await,
+        Ok(1),
+        "its own tenant"
+    );
+    for other in [
+        "hs.ev.globex.order.created",
+        "hs.ev.acmex.order.created",
+        "hs.to.d1.order.created",
+    ] {
+        assert!(publish(other).await.is_err(), "{other} was acknowledged");
+    }
+    let info = stream.get_info().await.expect("stream info");
+    assert_eq!(
+        info.state.messages, 1,
+        "only the own tenant's event was stored"
+    );
+}

@@ -592,81 +592,59 @@ async fn a_change_applies_to_the_backlog_already_waiting() {
     );
 }
 
-/// `events.max_consumers` bounds the destinations: past it, creation answers 409
-/// `consumer_limit_reached` and leaves nothing behind (no entry, no consumer); removing a
-/// destination makes room again. The limit is visible as a metric.
+/// `events.max_consumers` bounds the consumers alive on each delivery shard, not the
+/// destinations (docs/adr/0010): past it destinations are still created, and the
+/// deliveries of those without a consumer wait in the shard until idle consumers are
+/// removed and make room; every event is delivered. The limit is visible as a metric.
 #[tokio::test]
-async fn creating_a_destination_past_the_consumer_limit_is_refused_and_leaves_nothing() {
-    // Each worker's signal consumer takes one of the stream's consumer slots too.
-    const LIMIT: i32 = 4;
-    let app = crate::common::spawn_app_with(|cfg| cfg.events.max_consumers = LIMIT).await;
+async fn destinations_past_the_consumer_limit_wait_for_room_on_their_shard() {
+    const LIMIT: i32 = 2;
+    const DESTINATIONS: usize = 5;
+    let app = crate::common::spawn_app_with(|cfg| {
+        cfg.events.max_consumers = LIMIT;
+        cfg.events.delivery_shards = 1;
+        cfg.delivery.consumer_idle_secs = 1;
+    })
+    .await;
     let receiver = Receiver::start().await;
-    let body =
-        |id: &str| json!({"id": id, "url": receiver.url("/hook"), "event_types": ["limit.*"]});
     let mut created = Vec::new();
-    let refused = loop {
-        let id = format!("limit-{}", created.len());
-        let (status, answer) = app.create_destination(body(&id)).await;
-        if status != StatusCode::CREATED {
-            break (id, status, answer);
-        }
-        created.push(id);
-        assert!(
-            created.len() < LIMIT as usize,
-            "more destinations than consumer slots"
-        );
-    };
-    let (id, status, answer) = refused;
-    assert_eq!(
-        created.len(),
-        LIMIT as usize - 1,
-        "one slot is the signal consumer's"
-    );
-    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    assert_eq!(
-        answer["error"]["code"], "consumer_limit_reached",
-        "{answer}"
-    );
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("events.max_consumers")),
-        "the message names the setting to raise: {answer}"
-    );
-
-    // Nothing half-created: no entry, no consumer.
-    let (status, _) = app.get(&format!("/v1/destinations/{id}")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, list) = app.get("/v1/destinations").await;
-    let listed: BTreeSet<&str> = list["data"]
-        .as_array()
-        .expect("data")
+    for i in 0..DESTINATIONS {
+        let (status, answer) = app
+            .create_destination(json!({
+                "id": format!("limit-{i}"),
+                "url": receiver.url("/hook"),
+                "event_types": [format!("limit.d{i}")],
+            }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        created.push(answer["id"].as_str().expect("id").to_string());
+    }
+    for i in 0..DESTINATIONS {
+        send(
+            &app,
+            json!({"type": format!("limit.d{i}"), "data": {"i": i}}),
+        )
+        .await;
+    }
+    let got = receiver
+        .collect(DESTINATIONS, Duration::from_secs(40))
+        .await;
+    let types: BTreeSet<String> = got
         .iter()
-        .filter_map(|d| d["id"].as_str())
+        .filter_map(|r| r.header("hs-event-type").map(str::to_string))
         .collect();
-    assert_eq!(listed, created.iter().map(String::as_str).collect());
+    assert_eq!(types.len(), DESTINATIONS, "every destination got its event");
+
     let js = jetstream::new(app.nats.client().await);
-    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
-    assert!(
-        events.consumer_info(format!("dest_{id}")).await.is_err(),
-        "a consumer was left for the refused destination"
-    );
+    let shard = js.get_stream("HS_DLV_0").await.expect("HS_DLV_0");
     assert_eq!(
-        events.cached_info().config.max_consumers,
+        shard.cached_info().config.max_consumers,
         LIMIT,
-        "the stream's limit comes from config"
+        "the shard's limit comes from config"
     );
     let limit = app
         .scrape()
         .await
         .value("hookstream_stream_consumer_limit", &[]);
     assert_eq!(limit, f64::from(LIMIT));
-
-    // Room again after a deletion.
-    let (status, _) = app
-        .delete(&format!("/v1/destinations/{}", created[0]))
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, answer) = app.create_destination(body(&id)).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
 }

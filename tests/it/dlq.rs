@@ -69,25 +69,18 @@ async fn dead_letter_count(app: &TestApp, subject: &str) -> u64 {
     count
 }
 
-/// Polls the destination's consumer until nothing is pending or unacknowledged.
+/// Polls the destination's shard until no delivery for it is stored (each one was
+/// delivered or dead-lettered, and acked).
 async fn assert_consumer_drained(app: &TestApp, destination: &str) {
-    let js = jetstream::new(app.nats.client().await);
-    let stream = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS exists");
-    let name = format!("dest_{destination}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let info = stream
-            .consumer_info(&name)
-            .await
-            .unwrap_or_else(|e| panic!("consumer {name}: {e}"));
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
+        let waiting = crate::common::steps::deliveries_waiting(app, destination).await;
+        if waiting == 0 {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{name} still has {} pending and {} unacknowledged",
-            info.num_pending,
-            info.num_ack_pending
+            "{destination} still has {waiting} deliveries stored"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -447,9 +447,9 @@ async fn unacked_events_of_a_sigkilled_replica_are_delivered_by_the_other_replic
     // died, handed to B after the ack wait.
     let js = async_nats::jetstream::new(nats.client().await);
     let info = js
-        .get_stream("HS_EVENTS")
+        .get_stream(crate::common::steps::delivery_shard(destination))
         .await
-        .expect("HS_EVENTS")
+        .expect("the destination's delivery shard")
         .consumer_info(format!("dest_{destination}"))
         .await
         .expect("the destination's consumer");

@@ -88,3 +88,8 @@ are written as JSON, which is valid TOML for strings, numbers, booleans and arra
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The Secret holding the admin API key: yours (auth.existingSecret) or the chart's. */}}
+{{- define "hookstream.authSecretName" -}}
+{{- default (printf "%s-admin-key" (include "hookstream.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}

@@ -18,6 +18,9 @@ pub const SERVICE_USER: &str = "hookstream";
 pub const SERVICE_PASSWORD: &str = "test-service-password";
 pub const PRODUCER_USER: &str = "producer";
 pub const PRODUCER_PASSWORD: &str = "test-producer-password";
+/// The producer of tenant `acme` only.
+pub const TENANT_PRODUCER_USER: &str = "producer_acme";
+pub const TENANT_PRODUCER_PASSWORD: &str = "test-producer-acme-password";
 /// `nats.inbox_prefix`'s default, which `nats/accounts.conf` lets the service subscribe to.
 pub const SERVICE_INBOX_PREFIX: &str = "_INBOX_hookstream";
 
@@ -115,6 +118,12 @@ impl NatsCluster {
             .await
     }
 
+    /// A client logged in as tenant `acme`'s producer, with the default `_INBOX` prefix.
+    pub async fn tenant_producer_client(&self) -> async_nats::Client {
+        self.client(TENANT_PRODUCER_USER, TENANT_PRODUCER_PASSWORD, "_INBOX")
+            .await
+    }
+
     async fn client(&self, user: &str, password: &str, inbox_prefix: &str) -> async_nats::Client {
         let urls: Vec<String> = (0..self.nodes.len()).map(|i| self.url(i)).collect();
         async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
@@ -162,6 +171,7 @@ impl NatsCluster {
             .env("NATS_STORE_DIR", node.dir.path().join("store"))
             .env("HS_SERVICE_PASSWORD", SERVICE_PASSWORD)
             .env("HS_PRODUCER_PASSWORD", PRODUCER_PASSWORD)
+            .env("HS_PRODUCER_ACME_PASSWORD", TENANT_PRODUCER_PASSWORD)
             .stdin(Stdio::null());
         for (i, other) in self.nodes.iter().enumerate() {
             command.env(

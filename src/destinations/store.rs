@@ -1,63 +1,25 @@
-//! Destination management: validation, the `hs_destinations` bucket, and the consumer
-//! that goes with each destination. Used by the API (CRUD) and by workers (a `410 Gone`
-//! disables a destination).
-//!
-//! Order of writes: on create and update the consumer is made to match *before* the
-//! bucket entry is written, so that a destination the API reports is already receiving
-//! (an event sent right after the create is not missed) and a refused consumer (e.g. the
-//! stream's consumer limit) leaves no half-created destination. On delete the entry goes
-//! first, so workers stop, then the consumer; workers remove any consumer left orphaned.
+//! `DestinationStore`: create, read, list, change and delete destinations in the
+//! `hs_destinations` bucket, with compare-and-set on every change.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::broker::{Broker, BrokerError, BrokerErrorKind, consumers, names};
+use super::registry::Registry;
+use super::ssrf::SsrfPolicy;
+use super::{DestinationError, decode, encode, validate};
+use crate::broker::consumers::{self, ConsumerPolicy};
+use crate::broker::{Broker, BrokerError, names};
 use crate::config::Config;
-use crate::delivery::registry::Registry;
-use crate::delivery::ssrf::SsrfPolicy;
 use crate::model::{
     Backoff, Destination, DestinationId, DestinationInput, DestinationPatch, RetryPolicy,
     SecretKey, SigningSecret, TenantId,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum DestinationError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("destination {0} not found")]
-    NotFound(String),
-    #[error("destination {0} already exists")]
-    Exists(String),
-    #[error("destination {0} was changed concurrently; retry")]
-    Conflict(String),
-    #[error(
-        "the events stream has reached its consumer limit (events.max_consumers); no destination can be added"
-    )]
-    ConsumerLimit,
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
-
-pub const MAX_EVENT_TYPES: usize = 64;
 /// How long the old secrets keep signing after a rotation, unless the request says.
 pub const ROTATION_GRACE: Duration = Duration::from_secs(86_400);
-pub const MAX_HEADERS: usize = 32;
-const RESERVED_HEADERS: [&str; 10] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    "content-length",
-    "host",
-    "user-agent",
-    "hs-event-type",
-    "hs-attempt",
-    "traceparent",
-];
 
 #[derive(Clone)]
 pub struct DestinationStore {
@@ -141,11 +103,10 @@ impl DestinationStore {
             created_at: now,
             updated_at: now,
         };
-        self.validate(&destination)?;
+        validate::check(&self.ssrf, &destination)?;
         if self.get(&destination.id).await?.is_some() {
             return Err(DestinationError::Exists(destination.id.to_string()));
         }
-        self.sync_consumer(&destination).await?;
         let value = encode(&destination);
         match self
             .broker
@@ -242,8 +203,7 @@ impl DestinationStore {
                 .ok_or_else(|| DestinationError::NotFound(id.to_string()))?;
             change(&mut destination)?;
             destination.updated_at = Utc::now();
-            self.validate(&destination)?;
-            self.sync_consumer(&destination).await?;
+            validate::check(&self.ssrf, &destination)?;
             match self
                 .broker
                 .destinations
@@ -252,6 +212,9 @@ impl DestinationStore {
             {
                 Ok(revision) => {
                     self.remember(&destination, revision);
+                    // A consumer that exists follows the change (pause, concurrency, ack
+                    // wait); one made later is made from the new entry.
+                    self.update_consumer(&destination).await?;
                     return Ok(destination);
                 }
                 Err(e)
@@ -371,7 +334,19 @@ impl DestinationStore {
             // keep the late watch entry of the old value out.
             registry.remove(id.as_str(), revision + 1);
         }
-        consumers::delete(&self.broker.events, &names::consumer_name(id)).await?;
+        // Routing semantics: deliveries already routed to a deleted destination are
+        // discarded with its consumer (a single-subject purge of its shard).
+        let shard = self.broker.shard_stream(id.as_str());
+        consumers::delete(shard, &names::consumer_name(id)).await?;
+        let subject = self
+            .broker
+            .subjects
+            .delivery(self.broker.shard_of(id.as_str()), id.as_str());
+        shard
+            .purge()
+            .filter(subject)
+            .await
+            .map_err(|e| BrokerError::new("discarding a deleted destination's deliveries", e))?;
         // Its counters go with it.
         let _ = self
             .broker
@@ -445,79 +420,30 @@ impl DestinationStore {
         .map(drop)
     }
 
-    /// Makes the destination's consumer match it.
-    pub async fn sync_consumer(&self, destination: &Destination) -> Result<(), DestinationError> {
+    /// What destination consumers are derived from besides the destination.
+    pub fn consumer_policy(&self) -> ConsumerPolicy {
+        consumer_policy(&self.cfg)
+    }
+
+    /// Makes the destination's consumer match it, if it has one now.
+    pub async fn update_consumer(&self, destination: &Destination) -> Result<(), DestinationError> {
+        let id = destination.id.as_str();
         let config = consumers::desired_config(
             destination,
             &self.broker.subjects,
-            Duration::from_millis(self.cfg.delivery.ack_wait_margin_ms),
+            self.broker.shard_of(id),
+            self.consumer_policy(),
         );
-        let paused = consumers::upsert(&self.broker.events, config)
-            .await
-            .map_err(|e| match e.kind {
-                BrokerErrorKind::ConsumerLimit => DestinationError::ConsumerLimit,
-                _ => DestinationError::from(e),
-            })?;
-        // An update does not change a consumer's pause state (only its creation does):
-        // pause or resume explicitly when it differs.
-        let name = names::consumer_name(&destination.id);
-        let want_paused = !destination.is_active();
-        if paused != want_paused {
-            consumers::set_paused(&self.broker.events, &name, want_paused).await?;
-        }
+        consumers::update_if_present(self.broker.shard_stream(id), config).await?;
         Ok(())
     }
+}
 
-    fn validate(&self, d: &Destination) -> Result<(), DestinationError> {
-        let bad = |m: String| Err(DestinationError::Invalid(m));
-        let template_free = d.url.replace(['{', '}'], "");
-        let url = match url::Url::parse(&template_free) {
-            Ok(u) => u,
-            Err(e) => return bad(format!("url is not a valid URL: {e}")),
-        };
-        if !matches!(url.scheme(), "http" | "https") {
-            return bad("url must be http or https".into());
-        }
-        if d.url.contains('{') && d.method != crate::model::HttpMethod::Get {
-            return bad("URL templates ({placeholder}) are only for GET destinations".into());
-        }
-        if let Err(why) = self.ssrf.check_url(&url) {
-            return bad(format!("url refused: {why}"));
-        }
-        if d.event_types.is_empty() || d.event_types.len() > MAX_EVENT_TYPES {
-            return bad(format!(
-                "event_types must hold 1 to {MAX_EVENT_TYPES} patterns"
-            ));
-        }
-        if d.headers.len() > MAX_HEADERS {
-            return bad(format!("at most {MAX_HEADERS} headers"));
-        }
-        for (name, value) in &d.headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(value).is_err()
-            {
-                return bad(format!("header {name:?} is not a valid HTTP header"));
-            }
-            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                return bad(format!("header {name:?} is set by hookstream"));
-            }
-        }
-        if !(1..=10_000).contains(&d.max_in_flight) {
-            return bad("max_in_flight must be 1 to 10000".into());
-        }
-        if !(100..=300_000).contains(&d.timeout_ms) {
-            return bad("timeout_ms must be 100 to 300000".into());
-        }
-        if let Some(rl) = d.rate_limit
-            && (!(rl.per_second > 0.0 && rl.per_second <= 100_000.0) || rl.burst == 0)
-        {
-            return bad("rate_limit needs per_second in (0, 100000] and burst ≥ 1".into());
-        }
-        validate_retry(&d.retry).map_err(DestinationError::Invalid)?;
-        if d.description.as_ref().is_some_and(|s| s.len() > 1024) {
-            return bad("description is at most 1024 bytes".into());
-        }
-        Ok(())
+/// What destination consumers are derived from besides the destination.
+pub fn consumer_policy(cfg: &Config) -> ConsumerPolicy {
+    ConsumerPolicy {
+        ack_wait_margin: Duration::from_millis(cfg.delivery.ack_wait_margin_ms),
+        idle: Duration::from_secs(cfg.delivery.consumer_idle_secs),
     }
 }
 
@@ -526,50 +452,6 @@ fn set_enabled(dest: &mut Destination, enabled: bool) {
     if enabled {
         dest.disabled_reason = None;
     }
-}
-
-pub fn validate_retry(r: &RetryPolicy) -> Result<(), String> {
-    if !(1..=100).contains(&r.max_attempts) {
-        return Err("retry.max_attempts must be 1 to 100".into());
-    }
-    match (&r.schedule_ms, &r.backoff) {
-        (Some(_), Some(_)) => Err("retry takes schedule_ms or backoff, not both".into()),
-        (None, None) => Err("retry needs schedule_ms or backoff".into()),
-        (Some(s), None) => {
-            if s.is_empty() && r.max_attempts > 1 {
-                return Err("retry.schedule_ms is empty but max_attempts > 1".into());
-            }
-            if s.iter().any(|d| *d > 7 * 24 * 3_600_000) {
-                return Err("retry.schedule_ms delays are at most 7 days".into());
-            }
-            Ok(())
-        }
-        (None, Some(b)) => {
-            if b.base_ms == 0 || b.max_ms < b.base_ms || b.max_ms > 7 * 24 * 3_600_000 {
-                return Err("retry.backoff needs 0 < base_ms ≤ max_ms ≤ 7 days".into());
-            }
-            if !(1.0..=100.0).contains(&b.factor) || !(0.0..=1.0).contains(&b.jitter) {
-                return Err("retry.backoff needs factor in [1, 100] and jitter in [0, 1]".into());
-            }
-            Ok(())
-        }
-    }
-}
-
-pub fn encode(d: &Destination) -> Bytes {
-    serde_json::to_vec(d)
-        .expect("destination serialises")
-        .into()
-}
-
-pub fn decode(bytes: &[u8]) -> Result<Destination, DestinationError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        DestinationError::Broker(BrokerError::with_kind(
-            BrokerErrorKind::Other,
-            "decoding a stored destination",
-            e,
-        ))
-    })
 }
 
 /// The event `/test` sends: type `hookstream.test`, to this destination only.

@@ -1,5 +1,7 @@
 //! Keeps the registry equal to the `hs_destinations` bucket: the history first (every
-//! current destination), then each change as it happens.
+//! current destination), then each change as it happens. The registry records the last
+//! bucket revision the watch applied, so the router can tell whether it has seen every
+//! destination write made before an event (docs/adr/0010).
 
 use std::sync::Arc;
 
@@ -9,26 +11,31 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::dispatcher::Dispatcher;
+use super::decode;
 use super::registry::Registry;
-use crate::broker::{Broker, BrokerError, consumers, names};
-use crate::destinations::decode;
-use crate::model::DestinationId;
+use crate::broker::{Broker, BrokerError};
+
+/// Told of each destination that became active (created, resumed, re-enabled) while the
+/// watch runs: it may have deliveries waiting.
+pub type OnActive = Box<dyn Fn(&str) + Send + Sync>;
 
 pub struct DestinationWatch {
     watch: Watch,
     initially_empty: bool,
+    /// The bucket stream's last sequence when the watch opened (an empty bucket may have
+    /// had entries that were deleted and expired: nothing to wait for below it).
+    last_seq: u64,
 }
 
 impl DestinationWatch {
     pub async fn open(broker: &Broker) -> Result<Self, BrokerError> {
-        let mut status = broker
+        let status = broker
             .destinations
             .status()
             .await
             .map_err(|e| BrokerError::new("reading destinations bucket", e))?;
         let initially_empty = status.values() == 0;
-        let _ = &mut status;
+        let last_seq = status.info.state.last_sequence;
         let watch = broker
             .destinations
             .watch_with_history(">")
@@ -37,6 +44,7 @@ impl DestinationWatch {
         Ok(Self {
             watch,
             initially_empty,
+            last_seq,
         })
     }
 
@@ -45,12 +53,13 @@ impl DestinationWatch {
         mut self,
         broker: Broker,
         registry: Arc<Registry>,
-        dispatcher: Arc<Dispatcher>,
+        on_active: OnActive,
         loaded: oneshot::Sender<()>,
         token: CancellationToken,
     ) {
         let mut loaded = Some(loaded);
         if self.initially_empty {
+            registry.watched_up_to(self.last_seq);
             let _ = loaded.take().map(|tx| tx.send(()));
         }
         loop {
@@ -61,7 +70,7 @@ impl DestinationWatch {
             match next {
                 Some(Ok(entry)) => {
                     let caught_up = entry.delta == 0;
-                    apply(&broker, &registry, &dispatcher, entry, loaded.is_none()).await;
+                    apply(&registry, &on_active, entry, loaded.is_none());
                     if caught_up {
                         let _ = loaded.take().map(|tx| tx.send(()));
                     }
@@ -80,32 +89,24 @@ impl DestinationWatch {
     }
 }
 
-async fn apply(
-    broker: &Broker,
-    registry: &Registry,
-    dispatcher: &Arc<Dispatcher>,
-    entry: Entry,
-    live: bool,
-) {
+fn apply(registry: &Registry, on_active: &OnActive, entry: Entry, live: bool) {
+    let revision = entry.revision;
     match entry.operation {
         Operation::Put => match decode(&entry.value) {
             Ok(destination) => {
                 let id = destination.id.to_string();
                 let active = destination.is_active();
                 registry.upsert(destination, entry.revision);
-                // A resumed or re-enabled destination may have a backlog waiting.
+                // A resumed or re-enabled destination may have deliveries waiting.
                 if live && active {
-                    dispatcher.signal(&id);
+                    on_active(&id);
                 }
             }
             Err(e) => warn!(key = %entry.key, error = %e, "undecodable destination ignored"),
         },
         Operation::Delete | Operation::Purge => {
             registry.remove(&entry.key, entry.revision);
-            if live && let Ok(id) = DestinationId::parse(entry.key.clone()) {
-                // The API removes it too; this finishes the job if the API died between.
-                let _ = consumers::delete(&broker.events, &names::consumer_name(&id)).await;
-            }
         }
     }
+    registry.watched_up_to(revision);
 }

@@ -2,6 +2,7 @@
 //! id → destination, and the subject index that tells which destinations an event wants.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::index::SubjectIndex;
@@ -10,6 +11,8 @@ use crate::model::Destination;
 #[derive(Default)]
 pub struct Registry {
     inner: RwLock<Inner>,
+    /// The last bucket revision the watch applied (its entries come in revision order).
+    watched: AtomicU64,
 }
 
 #[derive(Default)]
@@ -24,6 +27,16 @@ struct Inner {
 impl Registry {
     pub fn get(&self, id: &str) -> Option<Arc<Destination>> {
         self.read().by_id.get(id).cloned()
+    }
+
+    /// Every bucket write up to `revision` has been applied by the watch.
+    pub fn watched_up_to(&self, revision: u64) {
+        self.watched.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// The last bucket revision the watch applied.
+    pub fn watched(&self) -> u64 {
+        self.watched.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {

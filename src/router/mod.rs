@@ -1,0 +1,357 @@
+//! The router (docs/adr/0010): reads every event once, through the durable `hs_router`
+//! consumer on `HS_EVENTS` (no filter), and writes one delivery message per matching
+//! destination to its shard `hs.dlv.<k>.<destination_id>`.
+//!
+//! - One replica routes at a time: the consumer's `pinned_client` priority group pins one
+//!   puller and keeps the others on standby; when the pinned one stops pulling for
+//!   `ROUTER_PIN_TIMEOUT` another is pinned. So the order of `HS_EVENTS` is the order of
+//!   every destination's deliveries.
+//! - Events are routed in windows of what has arrived: every delivery of the window is
+//!   published at once (pipelined), with `Nats-Msg-Id` = `<event seq>.<destination>`, and
+//!   the window's events are acked only after every PubAck. A crash routes the window
+//!   again with the same ids, and JetStream drops the copies.
+//! - The destinations come from the registry; before a window is routed, the registry
+//!   must have applied every destination write the bucket held when the window was taken,
+//!   so a destination created before an event was published receives it, whichever
+//!   replica created it.
+//! - After the PubAcks it rings the doorbell with the destinations that got deliveries.
+//! - It imports nothing of `delivery/` but the one dead-letter path and the counters.
+
+mod decide;
+pub mod upgrade;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::{AckKind, Message};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use decide::{Decision, decide};
+
+use crate::broker::names::{self, headers as h};
+use crate::broker::{Broker, BrokerError, doorbell};
+use crate::delivery::dead_letter;
+use crate::delivery::stats::StatsCounters;
+use crate::destinations::Registry;
+use crate::dlq::DeadLetter;
+use crate::ingest::AcceptedRecord;
+use crate::telemetry::metrics as m;
+
+/// Events routed together at most.
+const WINDOW: usize = 1_000;
+/// Publishes awaiting their PubAck at most; beyond, the oldest is awaited first.
+const IN_FLIGHT: usize = 4_096;
+/// How long a window waits for the registry to apply destination writes it is behind.
+const FRESHNESS_PATIENCE: Duration = Duration::from_secs(2);
+
+pub struct Router {
+    pub broker: Broker,
+    pub registry: Arc<Registry>,
+    pub stats: Arc<StatsCounters>,
+    /// Where the doorbell rings (`names::doorbell_subject`).
+    pub doorbell: String,
+    pub token: CancellationToken,
+}
+
+/// One publish of a window, kept until its PubAck so that it can be sent again.
+struct Pending {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    ack: Option<PublishAckFuture>,
+}
+
+impl Router {
+    /// Pulls as the pinned client (or waits on standby) until cancelled.
+    pub async fn run(self) {
+        while !self.token.is_cancelled() {
+            match self.subscribe().await {
+                Ok(messages) => self.route_stream(messages).await,
+                Err(e) => {
+                    warn!(error = %e, "router not subscribed yet; retrying");
+                    self.pause(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Result<pull::Stream, BrokerError> {
+        let consumer: async_nats::jetstream::consumer::PullConsumer = self
+            .broker
+            .events
+            .get_consumer(names::ROUTER_CONSUMER)
+            .await
+            .map_err(|e| BrokerError::new("looking up the router consumer", e))?;
+        consumer
+            .stream()
+            .group(names::ROUTER_GROUP)
+            .max_messages_per_batch(WINDOW)
+            // Pulls well inside the pin timeout, so the pin is never lost between them.
+            .expires(Duration::from_secs(2))
+            .heartbeat(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| BrokerError::new("pulling from the router consumer", e))
+    }
+
+    async fn route_stream(&self, mut messages: pull::Stream) {
+        loop {
+            let first = tokio::select! {
+                _ = self.token.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let mut window = match first {
+                Some(Ok(msg)) => vec![msg],
+                Some(Err(e)) => {
+                    debug!(error = %e, "router pull");
+                    continue;
+                }
+                None => {
+                    info!("router stream ended; subscribing again");
+                    return;
+                }
+            };
+            while window.len() < WINDOW {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(msg))) => window.push(msg),
+                    _ => break,
+                }
+            }
+            self.route_window(window).await;
+        }
+    }
+
+    async fn route_window(&self, window: Vec<Message>) {
+        self.wait_for_fresh_registry().await;
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut in_flight: VecDeque<usize> = VecDeque::new();
+        let mut failed: Vec<usize> = Vec::new();
+        let mut rung: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut deliveries = 0u64;
+        let mut next_send = 0;
+        for msg in &window {
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            let decision = decide(
+                &self.broker.subjects,
+                &self.registry,
+                msg.subject.as_str(),
+                msg.headers.as_ref(),
+                &msg.payload,
+            );
+            match decision {
+                Decision::Deliver {
+                    destinations,
+                    tenant,
+                    event_id,
+                    event_type,
+                } => {
+                    for id in destinations {
+                        let shard = self.broker.shard_of(&id);
+                        let mut headers = msg.headers.clone().unwrap_or_default();
+                        headers.insert(h::MSG_ID, names::delivery_msg_id(seq, &id).as_str());
+                        headers.insert(h::EVENT_SEQ, seq.to_string().as_str());
+                        pending.push(Pending {
+                            subject: self.broker.subjects.delivery(shard, &id),
+                            headers,
+                            payload: msg.payload.clone(),
+                            ack: None,
+                        });
+                        *rung.entry(id).or_default() += 1;
+                        deliveries += 1;
+                    }
+                    // The event's lookup record, as ingest writes it: an event published
+                    // straight on NATS is found by id as soon as it is routed.
+                    let record = AcceptedRecord {
+                        tenant,
+                        seq,
+                        event_type,
+                    };
+                    if let Ok(event_id) = crate::model::EventId::parse(event_id) {
+                        pending.push(Pending {
+                            subject: names::idempotency_subject(&names::idempotency_key(&event_id)),
+                            headers: HeaderMap::new(),
+                            payload: serde_json::to_vec(&record)
+                                .expect("record serialises")
+                                .into(),
+                            ack: None,
+                        });
+                    }
+                }
+                Decision::DeadLetter {
+                    destinations,
+                    reason,
+                    why,
+                } => {
+                    for (id, tenant) in destinations {
+                        let letter = DeadLetter {
+                            tenant: &tenant,
+                            destination_id: &id,
+                            reason,
+                            original_headers: msg.headers.as_ref(),
+                            body: msg.payload.clone(),
+                            original_seq: seq,
+                            attempts: 0,
+                            last_status: None,
+                            last_error: Some(&why),
+                            first_attempt_at: None,
+                            last_attempt_at: None,
+                        };
+                        // Rare; stored before the event is acked, retried until it is.
+                        let event_id = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+                            .ok()
+                            .and_then(|v| v["id"].as_str().map(str::to_string));
+                        while let Err(e) = dead_letter::store(
+                            &self.broker,
+                            &self.stats,
+                            event_id.as_deref(),
+                            letter.clone(),
+                        )
+                        .await
+                        {
+                            warn!(destination_id = %id, seq, error = %e, "dead letter not stored; retrying");
+                            if !self.pause(Duration::from_secs(1)).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Decision::Nobody => {}
+            }
+            // Send what this event added, keeping at most IN_FLIGHT PubAcks outstanding.
+            for i in next_send..pending.len() {
+                if in_flight.len() >= IN_FLIGHT
+                    && let Some(oldest) = in_flight.pop_front()
+                {
+                    self.settle(&mut pending[oldest], oldest, &mut failed).await;
+                }
+                self.send(&mut pending[i]).await;
+                if pending[i].ack.is_some() {
+                    in_flight.push_back(i);
+                } else {
+                    failed.push(i);
+                }
+            }
+            next_send = pending.len();
+        }
+        let settling = async {
+            while let Some(i) = in_flight.pop_front() {
+                self.settle(&mut pending[i], i, &mut failed).await;
+            }
+        };
+        keep_alive(&window, settling).await;
+        // What failed is sent again, one at a time, until it is stored: the window's
+        // events stay unacked (and kept alive) meanwhile. Same ids: no duplicates.
+        failed.sort_unstable();
+        for i in failed {
+            loop {
+                self.send(&mut pending[i]).await;
+                if let Some(ack) = pending[i].ack.take() {
+                    match ack.await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            warn!(subject = %pending[i].subject, error = %e, "delivery not stored; retrying")
+                        }
+                    }
+                }
+                for msg in &window {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+                if !self.pause(Duration::from_secs(1)).await {
+                    return;
+                }
+            }
+        }
+        for msg in &window {
+            if let Err(e) = msg.ack().await {
+                // Routed again after the ack wait, with the same ids: no duplicate deliveries.
+                warn!(error = %e, "router ack not sent");
+            }
+        }
+        metrics::counter!(m::EVENTS_ROUTED).increment(window.len() as u64);
+        metrics::counter!(m::DELIVERIES_ROUTED).increment(deliveries);
+        let bell: Vec<(Arc<str>, usize)> = rung.into_iter().collect();
+        if let Err(e) = doorbell::ring(&self.broker.client, &self.doorbell, &bell).await {
+            // The workers' shard scan finds the deliveries instead.
+            warn!(error = %e, "doorbell not rung");
+        }
+    }
+
+    async fn send(&self, p: &mut Pending) {
+        match self
+            .broker
+            .js
+            .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
+            .await
+        {
+            Ok(ack) => p.ack = Some(ack),
+            Err(e) => {
+                warn!(subject = %p.subject, error = %e, "delivery not sent");
+                p.ack = None;
+            }
+        }
+    }
+
+    async fn settle(&self, p: &mut Pending, i: usize, failed: &mut Vec<usize>) {
+        if let Some(ack) = p.ack.take()
+            && let Err(e) = ack.await
+        {
+            debug!(subject = %p.subject, error = %e, "delivery not acked");
+            failed.push(i);
+        }
+    }
+
+    /// Waits until the registry holds every destination write the bucket holds now (a
+    /// destination written before an event was published is routed that event).
+    async fn wait_for_fresh_registry(&self) {
+        let last = match self.broker.destinations.status().await {
+            Ok(status) => status.info.state.last_sequence,
+            Err(e) => {
+                warn!(error = %e, "destinations bucket not read; routing with the registry as it is");
+                return;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + FRESHNESS_PATIENCE;
+        while self.registry.watched() < last {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    watched = self.registry.watched(),
+                    last, "destination watch is behind; routing with the registry as it is"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Sleeps unless cancelled; answers whether to go on.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.token.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Runs `work`, telling the server every few seconds that the window's events are still
+/// being routed, so that a slow window is not handed to another replica meanwhile.
+async fn keep_alive<T>(window: &[Message], work: impl Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(crate::broker::setup::ROUTER_ACK_WAIT / 3) => {
+                for msg in window {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Routing (docs/adr/0010): the router killed with SIGKILL in the middle of a fan-out
+//! loses no delivery and a standby replica takes over routing; a destination idle past
+//! `delivery.consumer_idle_secs` loses its consumer and still gets its next event within
+//! the documented latency; the shard count is fixed at first creation.
+//! (2,000 destinations each with its own type: `scale.rs`,
+//! `two_thousand_destinations_each_get_exactly_their_own_events`.)
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use serde_json::json;
+
+use crate::common::{NatsServer, Receiver, ServiceProcess, spawn_app_on, spawn_app_with, steps};
+
+const DESTINATIONS: usize = 20;
+const EVENTS: usize = 300;
+
+/// A standby replica B is running when the pinned router A is killed with 20 destinations
+/// × 300 events half routed: every (event, destination) pair arrives, repeats carry the
+/// same `webhook-id` (no new ids), and the events published after the kill are routed too
+/// (by B: A is gone).
+#[tokio::test]
+async fn router_killed_mid_fan_out_loses_no_delivery_and_a_standby_takes_over() {
+    let nats = NatsServer::start().await;
+    let receiver = Receiver::start().await;
+    receiver.set_delay(Duration::from_millis(5));
+    let mut a = ServiceProcess::spawn(&nats.url(), &[]).await;
+    for i in 0..DESTINATIONS {
+        let (status, body) = a
+            .post(
+                "/v1/destinations",
+                &json!({"url": receiver.url(&format!("/d/{i}")), "event_types": ["fan.*"], "timeout_ms": 2000}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    }
+    // A is the only router while the warm-up event is routed: it holds the pin.
+    let js = jetstream::new(nats.client().await);
+    let publish = move |i: usize| {
+        let js = js.clone();
+        async move {
+            let id = format!("fan-{i}");
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            headers.insert("Hs-Tenant", "default");
+            headers.insert("Hs-Event-Type", "fan.out");
+            let body = json!({"id": id, "tenant": "default", "type": "fan.out",
+                "received_at": "2026-01-01T00:00:00Z", "data": {"i": i}});
+            js.publish_with_headers("hs.ev.default.fan.out", headers, body.to_string().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+            id
+        }
+    };
+    let mut wanted: HashSet<String> = HashSet::new();
+    wanted.insert(publish(0).await);
+    let mut got: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in receiver
+        .collect(DESTINATIONS, Duration::from_secs(20))
+        .await
+    {
+        let id = r.header("webhook-id").expect("webhook-id").to_string();
+        *got.entry((id, r.uri.clone())).or_default() += 1;
+    }
+    assert_eq!(
+        got.len(),
+        DESTINATIONS,
+        "the warm-up event reached every destination"
+    );
+    let b = ServiceProcess::spawn(&nats.url(), &[]).await;
+
+    // Events keep coming while A is killed, so that it dies in the middle of routing.
+    for i in 1..EVENTS {
+        wanted.insert(format!("fan-{i}"));
+    }
+    let producer = tokio::spawn(async move {
+        for i in 1..EVENTS {
+            publish(i).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    while got.len() < DESTINATIONS * 20 {
+        let r = receiver
+            .recv_timeout(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("the burst stalled before the kill; A:\n{}", a.log()));
+        let id = r.header("webhook-id").expect("webhook-id").to_string();
+        *got.entry((id, r.uri.clone())).or_default() += 1;
+    }
+    a.kill9();
+    let killed_after = got.len();
+    producer.await.expect("producer");
+
+    // Failover: the pin moves after 5 s, A's unacked events are routed again after the
+    // router's ack wait (6 s); A's unacked deliveries after their own ack wait (12 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let total = EVENTS * DESTINATIONS;
+    while got.len() < total {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(r) = receiver.recv_timeout(left).await else {
+            let missing = (0..EVENTS)
+                .flat_map(|e| {
+                    (0..DESTINATIONS).map(move |d| (format!("fan-{e}"), format!("/d/{d}")))
+                })
+                .filter(|k| !got.contains_key(k))
+                .take(10)
+                .collect::<Vec<_>>();
+            panic!(
+                "{} of {total} deliveries within 60 s; missing e.g. {missing:?}\nB:\n{}",
+                got.len(),
+                b.log()
+            );
+        };
+        let id = r.header("webhook-id").expect("webhook-id").to_string();
+        assert!(
+            wanted.contains(&id),
+            "a delivery with an unknown webhook-id {id}"
+        );
+        *got.entry((id, r.uri.clone())).or_default() += 1;
+    }
+    let repeats: usize = got.values().map(|n| n - 1).sum();
+    eprintln!(
+        "router kill: A killed after {killed_after} deliveries; {total} deliveries, {repeats} repeated with their own webhook-id"
+    );
+}
+
+/// `delivery.consumer_idle_secs` = 1: after a delivery the destination's consumer is
+/// removed by nats-server; the next event creates it again and arrives within the
+/// latency of a new event (the doorbell, one pull that finds no consumer, its creation
+/// and a second pull: milliseconds; 1 s leaves room for a loaded debug build).
+#[tokio::test]
+async fn a_destination_idle_past_consumer_idle_secs_loses_its_consumer_and_gets_its_next_event() {
+    const LATENCY: Duration = Duration::from_secs(1);
+    let app = spawn_app_with(|cfg| {
+        cfg.delivery.consumer_idle_secs = 1;
+        // Only the doorbell can wake the destination within the test.
+        cfg.delivery.sweep_interval_ms = 3_600_000;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let destination = steps::create(
+        &app,
+        json!({"url": receiver.url("/idle"), "event_types": ["idle.*"]}),
+    )
+    .await;
+    let js = jetstream::new(app.nats.client().await);
+    let shard = js
+        .get_stream(steps::delivery_shard(&destination))
+        .await
+        .expect("the destination's shard");
+    let consumer = format!("dest_{destination}");
+    for round in 0..2 {
+        let posted = Instant::now();
+        let id = steps::send(&app, json!({"type": "idle.ping", "data": {"round": round}})).await;
+        let r = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("round {round}: event {id} not delivered"));
+        assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+        let latency = r.received_at.duration_since(posted);
+        if round > 0 {
+            assert!(
+                latency <= LATENCY,
+                "round {round}: {latency:?} to a destination whose consumer was removed"
+            );
+        }
+        // Idle: the server removes the consumer; its deliveries (none) would stay.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while shard.consumer_info(&consumer).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the idle consumer was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(steps::deliveries_waiting(&app, &destination).await, 0);
+    }
+}
+
+/// The shard count is written when the shards are created; a later start with another
+/// count refuses with a message naming the setting and the existing count.
+#[tokio::test]
+async fn a_different_shard_count_later_is_refused_with_the_existing_count() {
+    let first = spawn_app_with(|cfg| cfg.events.delivery_shards = 4).await;
+    let nats = first.nats.clone();
+    let mut cfg = hookstream::config::Config::defaults();
+    cfg.nats.url = Some(nats.url());
+    cfg.api.listen = "127.0.0.1:0".to_string();
+    cfg.events.delivery_shards = 8;
+    let refused = tokio::time::timeout(Duration::from_secs(60), hookstream::app::App::build(cfg))
+        .await
+        .expect("the start ends");
+    let err = match refused {
+        Ok(_) => panic!("a start with another shard count was not refused"),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    };
+    assert!(
+        err.contains("events.delivery_shards is 8") && err.contains("created with 4"),
+        "{err}"
+    );
+    // The first app still works on its 4 shards.
+    let again = spawn_app_on(&nats, |cfg| cfg.events.delivery_shards = 4).await;
+    again.wait_ready().await;
+}
+
+/// An upgrade from the layout before routing: events a destination's old consumer on
+/// `HS_EVENTS` still holds when the new version starts (no `hs_router` yet) are routed
+/// to that destination, once each, and the old consumer is removed; later events go
+/// through the router.
+#[tokio::test]
+async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed() {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let mut first = spawn_app_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let destination = steps::create(
+        &first,
+        json!({"url": receiver.url("/up"), "event_types": ["up.*"]}),
+    )
+    .await;
+    first.stop().await;
+    let nats = first.nats.clone();
+    let js = jetstream::new(nats.client().await);
+    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    // The layout before routing: no router, a consumer per destination with its filters.
+    events
+        .delete_consumer("hs_router")
+        .await
+        .expect("router consumer removed");
+    let old = format!("dest_{destination}");
+    events
+        .create_consumer(pull::Config {
+            durable_name: Some(old.clone()),
+            filter_subjects: vec![
+                "hs.ev.default.up.*".into(),
+                format!("hs.to.{destination}.>"),
+            ],
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("old consumer");
+    // Events stored while the old version was down: only the old consumer holds them.
+    let mut held = Vec::new();
+    for (i, event_type) in ["up.a", "other.x", "up.b", "up.c"].iter().enumerate() {
+        let id = format!("old-{i}");
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Hs-Tenant", "default");
+        let body = json!({"id": id, "tenant": "default", "type": event_type,
+            "received_at": "2026-01-01T00:00:00Z", "data": {}});
+        js.publish_with_headers(
+            format!("hs.ev.default.{event_type}"),
+            headers,
+            body.to_string().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+        if event_type.starts_with("up.") {
+            held.push(id);
+        }
+    }
+
+    let second = spawn_app_on(&nats, |_| {}).await;
+    let got = receiver.collect(held.len(), Duration::from_secs(20)).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, held, "each held event once, nothing else");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events.consumer_info(&old).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the old consumer was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // From now on the router routes.
+    let id = steps::send(&second, json!({"type": "up.new", "data": {}})).await;
+    let r = receiver
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .expect("a new event after the upgrade");
+    assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+    assert!(
+        receiver
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .is_none(),
+        "nothing delivered twice"
+    );
+}
