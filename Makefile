@@ -29,7 +29,7 @@ KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
 # CI sets CI=true; its nextest profile prints slow tests and never stops at the first failure.
 NEXTEST_PROFILE := $(if $(filter true,$(CI)),ci,default)
 
-.PHONY: tools build run test chaos helm-check bench lint fmt clean
+.PHONY: tools build run test chaos helm-check bench lint fmt clean browser
 
 tools: $(TOOLS_STAMP)
 
@@ -69,7 +69,17 @@ build:
 run: tools
 	HOOKSTREAM_NATS_SERVER_BIN=$(NATS_SERVER) cargo run --release -- serve
 
-test: tools helm-check
+# The console's browser test drives Debian's headless Chromium over WebDriver
+# (tests/it/console_browser.rs); installed once, with apt, where it is missing.
+CHROMEDRIVER := /usr/bin/chromedriver
+
+$(CHROMEDRIVER):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+browser: $(CHROMEDRIVER)
+
+test: tools helm-check browser
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	HOOKSTREAM_TEST_NATS_SERVER=$(NATS_SERVER) \

@@ -22,6 +22,7 @@ use crate::delivery::{Worker, WorkerParts};
 use crate::destinations::DestinationStore;
 use crate::destinations::Registry;
 use crate::destinations::ssrf::SsrfPolicy;
+use crate::files::Files;
 use crate::flow::Flow;
 use crate::ingest::Ingestor;
 use crate::router::{Router, upgrade};
@@ -62,6 +63,8 @@ pub enum AppError {
     },
     #[error("HTTP client could not be built: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Folder(#[from] crate::files::folder::FolderError),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
     #[error(transparent)]
@@ -126,15 +129,23 @@ impl App {
                  so requests without a key act as admin"
             );
         }
+        let ingestor = Ingestor::new(broker.clone(), destinations.clone(), flow.clone());
+        // Before anything listens: a watched folder that cannot be used stops the start.
+        if let (Some(folder), true) = (&cfg.ingest.folder, role.runs_worker()) {
+            crate::files::folder::check(folder)?;
+        }
+        let files = Files::connect(broker.clone(), cfg.clone(), ingestor.clone()).await?;
         let state = AppState {
             broker: broker.clone(),
             cfg: cfg.clone(),
-            ingestor: Ingestor::new(broker.clone(), destinations.clone(), flow.clone()),
+            ingestor,
+            files,
             flow,
             destinations,
             registry,
             worker_ready: Arc::new(AtomicBool::new(!role.runs_worker())),
             metrics: telemetry::metrics::install(cfg.telemetry.destination_label_limit()),
+            console: Default::default(),
             keys,
         };
         let addr = cfg.listen_addr();
@@ -177,8 +188,11 @@ impl App {
         if let Some(watch) = self.key_watch.take() {
             tracker.spawn(watch.run(workers_token.clone()));
         }
+        // Every role lists files: the API answers from this index.
+        tracker.spawn(self.state.files.clone().run_index(workers_token.clone()));
         if self.role.runs_worker() {
             self.start_worker(&tracker, &workers_token, &stop);
+            self.start_files(&tracker, &workers_token);
         }
 
         let router = if self.role.runs_api() {
@@ -210,6 +224,15 @@ impl App {
         }
         info!("stopped");
         served.map_err(AppError::Serve)
+    }
+
+    /// File ingest: the uploads scan and, when configured, the watched folder.
+    fn start_files(&self, tracker: &TaskTracker, token: &CancellationToken) {
+        let files = self.state.files.clone();
+        tracker.spawn(files.clone().run_uploads(tracker.clone(), token.clone()));
+        if let Some(folder) = self.cfg.ingest.folder.clone() {
+            tracker.spawn(files.run_folder(folder, tracker.clone(), token.clone()));
+        }
     }
 
     /// Starts the worker in the background: the API answers (and /readyz says "loading")

@@ -10,6 +10,8 @@ use tracing::error;
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::destinations::DestinationError;
 use crate::dlq::DlqError;
+use crate::events::SearchError;
+use crate::files::FilesError;
 use crate::ingest::IngestError;
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +200,28 @@ impl From<DlqError> for ApiError {
             DlqError::Conflict(m) => Self::Conflict(m),
             DlqError::Destination(d) => d.into(),
             DlqError::Broker(b) => b.into(),
+        }
+    }
+}
+
+impl From<FilesError> for ApiError {
+    fn from(e: FilesError) -> Self {
+        match e {
+            FilesError::Invalid(m) => Self::Invalid(m),
+            FilesError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
+            FilesError::Body(_) => Self::Invalid(e.to_string()),
+            FilesError::Broker(b) => b.into(),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Invalid(m) => Self::Invalid(m),
+            SearchError::Destination(d) => d.into(),
+            SearchError::Broker(b) => b.into(),
         }
     }
 }

@@ -67,6 +67,24 @@ pub async fn find_event(broker: &Broker, id: &EventId) -> Result<Option<StoredEv
     }))
 }
 
+impl StoredEvent {
+    /// The event's type, from its envelope.
+    pub fn event_type(&self) -> Option<&str> {
+        self.envelope.as_ref()?.get("type")?.as_str()
+    }
+}
+
+/// The stored event as the delivery status look-up needs it.
+pub fn event_ref<'a>(stored: &'a StoredEvent, id: &'a str) -> crate::events::EventRef<'a> {
+    crate::events::EventRef {
+        tenant: &stored.tenant,
+        id,
+        event_type: stored.event_type(),
+        directed_to: stored.directed_to.as_deref(),
+        stored_at: stored.stored_at,
+    }
+}
+
 /// The oldest attempt record on subjects matching `subject`.
 async fn first_attempt_matching(
     broker: &Broker,
@@ -138,32 +156,34 @@ pub async fn store_attempt(broker: &Broker, record: &AttemptRecord) -> Result<()
         .map_err(|e| BrokerError::new("awaiting attempt record ack", e))
 }
 
-/// The last attempt record of (event, destination), if it can be read.
-pub async fn last_attempt(
-    broker: &Broker,
-    tenant: &str,
-    event: &str,
-    destination: &str,
-) -> Option<AttemptRecord> {
-    let subject = broker.subjects.attempt(tenant, event, destination);
-    let msg = broker
-        .attempts
-        .direct_get_last_for_subject(subject)
-        .await
-        .ok()?;
-    serde_json::from_slice(&msg.payload).ok()
+/// Which attempt record of an (event, destination) pair to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    First,
+    Last,
 }
 
-/// The first attempt record of (event, destination), if it can be read.
-pub async fn first_attempt(
+/// The first or last attempt record of (event, destination), if it can be read.
+pub async fn attempt_of(
     broker: &Broker,
+    which: Which,
     tenant: &str,
     event: &str,
     destination: &str,
 ) -> Option<AttemptRecord> {
     let subject = broker.subjects.attempt(tenant, event, destination);
-    first_attempt_matching(broker, &subject)
-        .await
-        .ok()
-        .flatten()
+    match which {
+        Which::First => first_attempt_matching(broker, &subject)
+            .await
+            .ok()
+            .flatten(),
+        Which::Last => {
+            let msg = broker
+                .attempts
+                .direct_get_last_for_subject(subject)
+                .await
+                .ok()?;
+            serde_json::from_slice(&msg.payload).ok()
+        }
+    }
 }

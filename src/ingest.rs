@@ -19,7 +19,7 @@ use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
 use crate::destinations::{DestinationError, DestinationStore};
 use crate::flow::Flow;
-use crate::model::{Envelope, EventId, NewEvent};
+use crate::model::{Envelope, EventId, NewEvent, TenantId};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -60,6 +60,15 @@ impl Turn {
         }
         turns
     }
+}
+
+/// An event's message, ready to publish to JetStream with `Nats-Msg-Id` = its id.
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub span: tracing::Span,
+    pub event_type: crate::model::EventType,
 }
 
 /// The answer for one accepted (or recognised duplicate) event.
@@ -127,28 +136,7 @@ impl Ingestor {
             (None, Some(key)) => EventId::from_idempotency_key(&tenant, key),
             (None, None) => EventId::generate(),
         };
-        if event.source.as_ref().is_some_and(|s| s.len() > 1024) {
-            return Err(IngestError::Invalid("source is at most 1024 bytes".into()));
-        }
-        let subject = match &event.destination_id {
-            Some(dest) => {
-                let found = self.destinations.get(dest).await.map_err(|e| match e {
-                    DestinationError::Broker(b) => IngestError::Broker(b),
-                    other => IngestError::Invalid(other.to_string()),
-                })?;
-                match found {
-                    Some((d, _)) if d.tenant == tenant => {
-                        self.broker.subjects.directed(dest, &event.event_type)
-                    }
-                    _ => {
-                        return Err(IngestError::Invalid(format!(
-                            "destination_id {dest} is not a destination of tenant {tenant}"
-                        )));
-                    }
-                }
-            }
-            None => self.broker.subjects.event(&tenant, &event.event_type),
-        };
+        let subject = self.subject(&tenant, &event).await?;
 
         let key = names::idempotency_key(&id);
         if let Some(previous) = self.recall(&key).await? {
@@ -174,6 +162,111 @@ impl Ingestor {
                 retry_after: wait,
             });
         }
+        let Outgoing {
+            subject,
+            headers,
+            body,
+            span,
+            event_type,
+        } = self.message(&id, &tenant, event, subject, trace)?;
+        let ack = async {
+            if let Some(previous) = turn.wait.take() {
+                // Sent or given up: either way it is this item's turn (a closed channel
+                // means the previous item ended before publishing).
+                let _ = previous.await;
+            }
+            let sent = self
+                .broker
+                .js
+                .publish_with_headers(subject, headers, body)
+                .await
+                .map_err(|e| BrokerError::new("publishing event", e))?;
+            // Written to the connection: the next item may publish behind it.
+            drop(turn.done.take());
+            sent.await
+                .map_err(|e| BrokerError::new("awaiting event ack", e))
+        }
+        .instrument(span.clone())
+        .await
+        .inspect_err(|_| spans::record_error(&span, "publish_failed"))?;
+        if ack.duplicate {
+            metrics::counter!(m::INGEST_DUPLICATES).increment(1);
+            return Ok(Accepted {
+                id: id.to_string(),
+                duplicate: true,
+            });
+        }
+        metrics::counter!(m::EVENTS_INGESTED, "via" => "http").increment(1);
+        let record = AcceptedRecord {
+            tenant: tenant.to_string(),
+            seq: ack.sequence,
+            event_type: event_type.to_string(),
+        };
+        let value: Bytes = serde_json::to_vec(&record)
+            .expect("record serialises")
+            .into();
+        if let Err(e) = self.broker.idempotency.put(&key, value).await {
+            // Accepted all the same: the event is stored. A retry within the duplicate
+            // window is still caught by JetStream.
+            warn!(event_id = %id, error = %e, "idempotency record not stored");
+        }
+        Ok(Accepted {
+            id: id.to_string(),
+            duplicate: false,
+        })
+    }
+
+    /// Where an event goes, after the checks that need no id: its source, and that a
+    /// destination it names belongs to its tenant. Shared with file ingest.
+    pub async fn subject(
+        &self,
+        tenant: &TenantId,
+        event: &NewEvent,
+    ) -> Result<String, IngestError> {
+        if event.source.as_ref().is_some_and(|s| s.len() > 1024) {
+            return Err(IngestError::Invalid("source is at most 1024 bytes".into()));
+        }
+        Ok(match &event.destination_id {
+            Some(dest) => {
+                let found = self.destinations.get(dest).await.map_err(|e| match e {
+                    DestinationError::Broker(b) => IngestError::Broker(b),
+                    other => IngestError::Invalid(other.to_string()),
+                })?;
+                match found {
+                    Some((d, _)) if d.tenant == *tenant => {
+                        self.broker.subjects.directed(dest, &event.event_type)
+                    }
+                    _ => {
+                        return Err(IngestError::Invalid(format!(
+                            "destination_id {dest} is not a destination of tenant {tenant}"
+                        )));
+                    }
+                }
+            }
+            None => self.broker.subjects.event(tenant, &event.event_type),
+        })
+    }
+
+    /// Takes `events` from the tenant's ingest limit (all replicas together); `Err(wait)`
+    /// when over it. File ingest asks once per batch of lines.
+    pub async fn admit(
+        &self,
+        tenant: &TenantId,
+        events: u32,
+    ) -> Result<Result<(), Duration>, IngestError> {
+        Ok(self.flow.admit_tenant(tenant.as_str(), events).await?)
+    }
+
+    /// The message of an accepted event: envelope, headers, the size check and the
+    /// publish span. Shared with file ingest, which publishes many of them at once.
+    pub fn message(
+        &self,
+        id: &EventId,
+        tenant: &TenantId,
+        event: NewEvent,
+        subject: String,
+        trace: &TraceContext,
+    ) -> Result<Outgoing, IngestError> {
         let envelope = Envelope {
             id: id.clone(),
             tenant: tenant.clone(),
@@ -211,50 +304,12 @@ impl Ingestor {
             Some(id.as_str()),
         );
         propagation::inject_nats(&span, &mut headers);
-        let ack = async {
-            if let Some(previous) = turn.wait.take() {
-                // Sent or given up: either way it is this item's turn (a closed channel
-                // means the previous item ended before publishing).
-                let _ = previous.await;
-            }
-            let sent = self
-                .broker
-                .js
-                .publish_with_headers(subject, headers, body)
-                .await
-                .map_err(|e| BrokerError::new("publishing event", e))?;
-            // Written to the connection: the next item may publish behind it.
-            drop(turn.done.take());
-            sent.await
-                .map_err(|e| BrokerError::new("awaiting event ack", e))
-        }
-        .instrument(span.clone())
-        .await
-        .inspect_err(|_| spans::record_error(&span, "publish_failed"))?;
-        if ack.duplicate {
-            metrics::counter!(m::INGEST_DUPLICATES).increment(1);
-            return Ok(Accepted {
-                id: id.to_string(),
-                duplicate: true,
-            });
-        }
-        metrics::counter!(m::EVENTS_INGESTED, "via" => "http").increment(1);
-        let record = AcceptedRecord {
-            tenant: tenant.to_string(),
-            seq: ack.sequence,
-            event_type: envelope.event_type.to_string(),
-        };
-        let value: Bytes = serde_json::to_vec(&record)
-            .expect("record serialises")
-            .into();
-        if let Err(e) = self.broker.idempotency.put(&key, value).await {
-            // Accepted all the same: the event is stored. A retry within the duplicate
-            // window is still caught by JetStream.
-            warn!(event_id = %id, error = %e, "idempotency record not stored");
-        }
-        Ok(Accepted {
-            id: id.to_string(),
-            duplicate: false,
+        Ok(Outgoing {
+            subject,
+            headers,
+            body,
+            span,
+            event_type: envelope.event_type,
         })
     }
 

@@ -13,9 +13,14 @@
 //! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
 //!   replicas through KV.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
+//! - [`files`]: files in, events out: uploads and the watched folder, one event per
+//!   line through crashes.
 //! - [`history`]: events and their attempt records, for the API.
+//! - [`events`]: event search and delivery status per destination, for the API and the
+//!   console.
 //! - [`access`]: API keys, roles and the open-mode policy; checked by `api::access`.
 //! - [`api`]: the HTTP API (axum); [`error`]: its error format.
+//! - [`console`]: the web console at `/console`, server-rendered HTML.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
 //! - [`cli`]: `hookstream dlq …`, a client of a running service's HTTP API.
@@ -26,10 +31,13 @@ pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod destinations;
 pub mod dlq;
 pub mod error;
+pub mod events;
+pub mod files;
 pub mod flow;
 pub mod history;
 pub mod ingest;

@@ -39,6 +39,8 @@ enum Command {
     Worker,
     /// Dead letters of a running service: list, replay, purge (through its HTTP API).
     Dlq(hookstream::cli::dlq::DlqArgs),
+    /// Send a file to a running service: one event per line (through its HTTP API).
+    Upload(hookstream::cli::upload::UploadArgs),
 }
 
 #[tokio::main]
@@ -50,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => Role::Worker,
         // A client of the HTTP API: no configuration, no logs, no NATS.
         Command::Dlq(args) => return Ok(hookstream::cli::dlq::run(args).await?),
+        Command::Upload(args) => return Ok(hookstream::cli::upload::run(args).await?),
     };
     let cfg = Config::load(cli.config.as_deref()).context("invalid configuration")?;
     let telemetry = hookstream::telemetry::logs::init(cfg.log.format)

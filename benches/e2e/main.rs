@@ -5,7 +5,9 @@
 //! Prints a table and writes `target/bench-results.json`. `BENCH_SCALE=2` doubles the
 //! event counts; `BENCH_ONLY=name,name` runs a subset.
 
+mod access;
 mod broker;
+mod files;
 mod harness;
 mod routing;
 mod scenarios;
@@ -68,6 +70,11 @@ async fn main() {
             routing::route(fanout, n(events))
         );
     }
+    run!(
+        "ingest_keyed",
+        access::ingest_with_and_without_key(n(40_000))
+    );
+    run!("files", files::files(n(1_000_000)));
     // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
     let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
     for mode in ["routed", "old"] {

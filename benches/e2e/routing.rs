@@ -1,5 +1,5 @@
 //! The router alone (docs/adr/0010): events already on `HS_EVENTS`, each matching
-//! `fanout` destinations that are disabled (so their deliveries are routed and wait in
+//! `fanout` destinations that are paused (so their deliveries are routed and wait in
 //! their shards, and nothing is sent); a worker starts and routes the backlog. The rate
 //! is counted on the router consumer's ack floor, from the first acked event to the last.
 
@@ -18,9 +18,18 @@ pub async fn route(fanout: usize, events: usize) -> Value {
         &api.base(),
         fanout,
         |i| format!("http://127.0.0.1:9/never/{i}"),
-        json!({"event_types": ["bench.d0"], "enabled": false}),
+        json!({"event_types": ["bench.d0"]}),
     )
     .await;
+    let http = reqwest::Client::new();
+    for i in 0..fanout {
+        let r = http
+            .post(format!("{}/v1/destinations/d{i}/pause", api.base()))
+            .send()
+            .await
+            .expect("pause");
+        assert!(r.status().is_success(), "pause d{i}: {}", r.status());
+    }
     // Every event is of type bench.d0: each goes to all `fanout` destinations.
     preload(&nats.url(), events, 1).await;
     let client = async_nats::connect(nats.url()).await.expect("connect");

@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::access::Access;
@@ -20,8 +19,7 @@ use super::{AppState, Page, bad_request};
 use crate::error::ApiError;
 use crate::ingest::TraceContext;
 use crate::model::{
-    Destination, DestinationId, DestinationInput, DestinationPatch, DestinationView, EventType,
-    NewEvent,
+    Destination, DestinationId, DestinationInput, DestinationPatch, DestinationView,
 };
 
 pub fn router() -> Router<AppState> {
@@ -219,7 +217,12 @@ pub async fn rotate_secret(
     } else {
         parse(&body)?
     };
-    let grace = Duration::from_secs(request.grace_secs.unwrap_or(86_400).min(30 * 86_400));
+    let grace = Duration::from_secs(
+        request
+            .grace_secs
+            .unwrap_or(crate::destinations::ROTATION_GRACE.as_secs())
+            .min(30 * 86_400),
+    );
     let (destination, key) = state
         .destinations
         .rotate_secret(&id, request.secret, grace)
@@ -284,16 +287,7 @@ pub async fn send_test(
 ) -> Result<Response, ApiError> {
     let id = destination_id(&id)?;
     let destination = owned(&state, &access, &id).await?;
-    let data = serde_json::json!({ "message": "hookstream test event", "destination_id": id });
-    let event = NewEvent {
-        id: None,
-        tenant: Some(destination.tenant.clone()),
-        event_type: EventType::parse("hookstream.test").expect("a valid type"),
-        data: RawValue::from_string(data.to_string()).expect("valid JSON"),
-        source: Some("hookstream".into()),
-        occurred_at: None,
-        destination_id: Some(id),
-    };
+    let event = crate::destinations::test_event(&destination);
     let accepted = state
         .ingestor
         .ingest(event, None, &TraceContext::default())

@@ -3,27 +3,30 @@
 use std::collections::BTreeMap;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::access::Access;
 use super::json::{ApiJson, parse};
+use super::{AppState, bad_request};
 use crate::error::ApiError;
-use crate::flow::circuit::Gate;
+use crate::events::{self, Deliveries, Delivery, EventSummary};
 use crate::history;
 use crate::ingest::{Accepted, TraceContext, Turn};
-use crate::model::{AttemptRecord, DeliveryStatus, EventId, NewEvent};
+use crate::model::{
+    AttemptRecord, DeliveryStatus, DestinationId, EventId, EventPattern, NewEvent, TenantId,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/events", post(post_event))
+        .route("/v1/events", post(post_event).get(list_events))
         .route("/v1/events/batch", post(post_batch))
         .route("/v1/events/{id}", get(get_event))
         .route("/v1/events/{id}/attempts", get(get_attempts))
@@ -216,15 +219,6 @@ fn batch_item(outcome: Result<Accepted, ApiError>) -> BatchItem {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DestinationDelivery {
-    pub destination_id: String,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_attempt: Option<AttemptRecord>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: String,
     pub tenant: String,
@@ -232,11 +226,21 @@ pub struct EventView {
     /// The envelope; null once retention removed the event.
     #[schema(value_type = Object)]
     pub event: Option<serde_json::Value>,
-    pub deliveries: Vec<DestinationDelivery>,
+    pub deliveries: Vec<Delivery>,
 }
 
 fn event_id(raw: &str) -> Result<EventId, ApiError> {
     EventId::parse(raw).map_err(|_| ApiError::NotFound(format!("event {raw} not found")))
+}
+
+/// What tells a delivery's status, from the API's state.
+pub fn deliveries(state: &AppState) -> Deliveries<'_> {
+    Deliveries {
+        broker: &state.broker,
+        flow: &state.flow,
+        registry: state.registry.as_deref(),
+        destinations: &state.destinations,
+    }
 }
 
 /// The event, if it exists and is the key's to see: another tenant's is "not found" too.
@@ -262,39 +266,8 @@ pub async fn get_event(
     let id = event_id(&id)?;
     let stored = owned_event(&state, &access, &id).await?;
     let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
-    let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
-    for a in attempts {
-        per_destination
-            .entry(a.destination_id.clone())
-            .or_default()
-            .push(a);
-    }
-    // Destinations that want the event but have no attempt yet are pending.
-    for dest in wanting_destinations(&state, &stored).await? {
-        per_destination.entry(dest).or_default();
-    }
-    let deliveries = per_destination
-        .into_iter()
-        .map(|(destination_id, records)| {
-            let last = records.last().cloned();
-            let status = match DeliveryStatus::from_last_attempt(last.as_ref()) {
-                // Waiting for its next attempt behind an open circuit: held back, and the
-                // wait uses up no attempt (contract: `throttled`).
-                DeliveryStatus::Retrying
-                    if state.flow.circuits.gate(&destination_id) != Gate::Closed =>
-                {
-                    DeliveryStatus::Throttled
-                }
-                other => other,
-            };
-            DestinationDelivery {
-                status,
-                destination_id,
-                attempts: last.as_ref().map_or(0, |a| a.attempt),
-                last_attempt: last,
-            }
-        })
-        .collect();
+    let event = history::event_ref(&stored, id.as_str());
+    let deliveries = deliveries(&state).of_event(&event, attempts).await?;
     Ok(axum::Json(EventView {
         id: id.to_string(),
         tenant: stored.tenant,
@@ -304,51 +277,105 @@ pub async fn get_event(
     }))
 }
 
-async fn wanting_destinations(
-    state: &AppState,
-    stored: &history::StoredEvent,
-) -> Result<Vec<String>, ApiError> {
-    if let Some(dest) = &stored.directed_to {
-        return Ok(vec![dest.clone()]);
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub tenant: Option<String>,
+    /// An event type or pattern (`order.created`, `order.*`, `order.>`).
+    pub event_type: Option<String>,
+    /// Stored at or after (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stored at or before (RFC 3339).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events routed to this destination.
+    pub destination_id: Option<String>,
+    /// Events with a delivery in this status (at `destination_id`, when given).
+    #[param(value_type = Option<String>)]
+    pub status: Option<DeliveryStatus>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page (same filters).
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub data: Vec<EventSummary>,
+    /// Null when there is nothing more. A page can be short (even empty) and still have a
+    /// cursor: each page looks at a bounded number of events.
+    pub next_cursor: Option<String>,
+}
+
+/// Events newest first, filtered; paged with `next_cursor`.
+#[utoipa::path(get, path = "/v1/events", operation_id = "search_events", tag = "events", params(SearchQuery),
+    responses(
+        (status = 200, body = EventList),
+        (status = 400, description = "Bad filter or cursor"),
+        (status = 404, description = "Unknown destination"),
+        (status = 503, description = "NATS down; see Retry-After"),
+    ))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    access: Access,
+    query: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<axum::Json<EventList>, ApiError> {
+    let Query(q) = query.map_err(bad_request)?;
+    let tenant = access.scope_text(q.tenant.as_deref())?;
+    let limit = super::Page {
+        limit: q.limit,
+        cursor: None,
+        tenant: None,
     }
-    let Some(event_type) = stored
-        .envelope
-        .as_ref()
-        .and_then(|e| e.get("type"))
-        .and_then(|t| t.as_str())
-    else {
-        return Ok(Vec::new());
+    .limit()?;
+    let search = search_query(&state, &access, tenant, q.event_type, q.destination_id).await?;
+    let search = events::Query {
+        since: q.since,
+        until: q.until,
+        status: q.status,
+        ..search
     };
-    // A destination created after the event was stored never receives it.
-    let existed =
-        |created: chrono::DateTime<chrono::Utc>| stored.stored_at.is_none_or(|t| created <= t);
-    if let Some(registry) = &state.registry {
-        return Ok(registry
-            .matching(&stored.tenant, event_type)
-            .iter()
-            .filter(|id| registry.get(id).is_some_and(|d| existed(d.created_at)))
-            .map(|d| d.to_string())
-            .collect());
-    }
-    let tenant = crate::model::TenantId::parse(stored.tenant.clone())
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let (page, next) = state
-            .destinations
-            .list(Some(&tenant), cursor.as_deref(), 1000)
-            .await?;
-        out.extend(
-            page.iter()
-                .filter(|d| d.accepts(event_type))
-                .map(|d| d.id.to_string()),
-        );
-        match next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(out),
+    let cursor = q.cursor.as_deref().map(events::Cursor::parse).transpose()?;
+    let page = events::search::search(deliveries(&state), &search, cursor, limit).await?;
+    Ok(axum::Json(EventList {
+        data: page.events,
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// The filters of a search that need checking or a look-up: type pattern and
+/// destination (404 when unknown, not the key's, or of another tenant than `tenant`,
+/// the scope the caller got from `access`).
+pub async fn search_query(
+    state: &AppState,
+    access: &Access,
+    tenant: Option<TenantId>,
+    event_type: Option<String>,
+    destination_id: Option<String>,
+) -> Result<events::Query, ApiError> {
+    let event_type = event_type
+        .map(EventPattern::parse)
+        .transpose()
+        .map_err(bad_request)?;
+    let destination = match destination_id {
+        None => None,
+        Some(raw) => {
+            let missing = || ApiError::NotFound(format!("destination {raw} not found"));
+            let id = DestinationId::parse(raw.clone()).map_err(|_| missing())?;
+            let (d, _) = state.destinations.get(&id).await?.ok_or_else(missing)?;
+            if !access.owns(d.tenant.as_str()) || tenant.as_ref().is_some_and(|t| t != &d.tenant) {
+                return Err(missing());
+            }
+            Some(d)
         }
-    }
+    };
+    Ok(events::Query {
+        tenant,
+        event_type,
+        destination,
+        ..Default::default()
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -12,6 +12,7 @@ pub mod json;
 pub mod openapi;
 pub mod stats;
 pub mod traced;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +46,12 @@ pub struct AppState {
     /// False until the worker (if any) has loaded destinations and done its first sweep.
     pub worker_ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
+    /// The console's throughput samples.
+    pub console: Arc<crate::console::throughput::Samples>,
     /// Every valid API key, checked by `access::guard`.
     pub keys: crate::access::KeyStore,
+    /// Uploads and folder files (`src/files/`).
+    pub files: crate::files::Files,
 }
 
 impl AppState {
@@ -59,14 +64,24 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.cfg.api.body_limit_bytes;
     let timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let retry_after = state.cfg.api.retry_after_secs.max(1);
-    Router::new()
+    let timed = Router::new()
         .merge(events::router())
         .merge(destinations::router())
         .merge(dlq::router())
         .merge(stats::router())
         .merge(health::router())
         .merge(openapi::router())
+        .merge(crate::console::router())
         .merge(api_keys::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit));
+    Router::new()
+        .merge(timed)
+        // Uploads stream files of up to a gigabyte: their own body limit and timeout.
+        .merge(uploads::router(&state.cfg))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())
@@ -78,11 +93,6 @@ pub fn router(state: AppState) -> Router {
             retry_after_on_503,
         ))
         .layer(middleware::from_fn(count_requests))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(DefaultBodyLimit::max(body_limit))
         // Outermost: the server span covers the whole request, timeout included.
         .layer(middleware::from_fn(traced::trace_requests))
         .with_state(state)

@@ -13,7 +13,7 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Required, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::AppState;
-use super::{api_keys, destinations, dlq, events, health, stats};
+use super::{api_keys, destinations, dlq, events, health, stats, uploads};
 
 /// Every error answer: `{"error":{"code","message"}}`.
 #[derive(utoipa::ToSchema)]
@@ -41,6 +41,7 @@ pub struct ErrorDetail {
         events::post_event,
         events::post_batch,
         events::get_event,
+        events::list_events,
         events::get_attempts,
         events::resend,
         destinations::create,
@@ -65,6 +66,10 @@ pub struct ErrorDetail {
         api_keys::create_key,
         api_keys::list_keys,
         api_keys::delete_key,
+        uploads::create,
+        uploads::read,
+        uploads::list,
+        uploads::errors,
     ),
     components(schemas(
         crate::model::NewEvent,
@@ -77,6 +82,7 @@ pub struct ErrorDetail {
         events::BatchItem,
         events::BatchAnswer,
         events::EventView,
+        events::EventList,
         events::AttemptsView,
         events::ResendBody,
         events::ResendAnswer,
@@ -97,6 +103,12 @@ pub struct ErrorDetail {
         crate::access::Role,
         ErrorBody,
         ErrorDetail,
+        uploads::UploadAccepted,
+        uploads::UploadView,
+        uploads::UploadList,
+        uploads::UploadErrors,
+        crate::files::RejectedLine,
+        crate::files::Status,
     ))
 )]
 pub struct ApiDoc;

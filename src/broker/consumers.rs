@@ -106,11 +106,18 @@ pub async fn update_if_present(stream: &Stream, config: pull::Config) -> Result<
             Ok(())
         }
         Err(e) => {
-            let err = BrokerError::new("updating destination consumer", e);
-            if err.kind == BrokerErrorKind::NotFound {
+            use async_nats::jetstream::ErrorCode;
+            use async_nats::jetstream::stream::ConsumerUpdateErrorKind as Kind;
+            // async-nats keeps the server's answer in the kind, not in the source.
+            let missing = match e.kind() {
+                Kind::DoesNotExist => true,
+                Kind::JetStream(js) => js.error_code() == ErrorCode::CONSUMER_DOES_NOT_EXIST,
+                _ => false,
+            };
+            if missing {
                 Ok(())
             } else {
-                Err(err)
+                Err(BrokerError::new("updating destination consumer", e))
             }
         }
     }

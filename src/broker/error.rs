@@ -87,6 +87,10 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> BrokerErrorKind {
                 ErrorCode::STREAM_NAME_EXIST
                 | ErrorCode::CONSUMER_NAME_EXIST
                 | ErrorCode::CONSUMER_ALREADY_EXISTS => BrokerErrorKind::Conflict,
+                // "No suitable peers for placement": a cluster that has just formed, or
+                // lost a node, counts a peer as offline for a few seconds; start-up and
+                // writes wait for it like for a missing leader.
+                ErrorCode::CLUSTER_NO_PEERS => BrokerErrorKind::Unavailable,
                 _ if js.code() == 503 => BrokerErrorKind::Unavailable,
                 _ => BrokerErrorKind::Other,
             };

@@ -1,8 +1,10 @@
 //! Everything that knows NATS: names, stream and bucket definitions, destination
 //! consumers, pulls, the embedded server, and error classification.
 
+pub mod backward;
 pub mod consumers;
 pub mod credentials;
+pub mod direct;
 pub mod doorbell;
 pub mod embedded;
 pub mod error;

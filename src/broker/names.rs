@@ -130,6 +130,26 @@ impl Subjects {
         format!("{}.to.{destination}.>", self.prefix)
     }
 
+    /// Event search: `hs.ev.<tenant|*>.<pattern|>>`, tenant-wide events.
+    pub fn event_search(&self, tenant: Option<&str>, pattern: Option<&str>) -> String {
+        format!(
+            "{}.ev.{}.{}",
+            self.prefix,
+            tenant.unwrap_or("*"),
+            pattern.unwrap_or(">")
+        )
+    }
+
+    /// Event search: `hs.to.<destination|*>.<pattern|>>`, directed events.
+    pub fn directed_search(&self, destination: Option<&str>, pattern: Option<&str>) -> String {
+        format!(
+            "{}.to.{}.{}",
+            self.prefix,
+            destination.unwrap_or("*"),
+            pattern.unwrap_or(">")
+        )
+    }
+
     pub fn dlq(&self, tenant: &str, destination: &str) -> String {
         format!("{}.dlq.{tenant}.{destination}", self.prefix)
     }
@@ -238,6 +258,11 @@ pub enum EventSubject<'a> {
 
 /// `dest_<destination_id>`: the durable consumer of one destination.
 pub fn consumer_name(destination: &DestinationId) -> String {
+    consumer_name_of(destination.as_str())
+}
+
+/// The same, from an id already known to be valid (e.g. a span attribute).
+pub fn consumer_name_of(destination: &str) -> String {
     format!("dest_{destination}")
 }
 
@@ -268,6 +293,53 @@ pub fn idempotency_subject(key: &str) -> String {
 pub fn idempotency_key(event: &EventId) -> String {
     format!("ev.{event}")
 }
+
+/// Files (folder watch and uploads, `src/files/`): the progress bucket and the object
+/// store of uploaded files.
+pub const FILES_BUCKET: &str = "hs_files";
+pub const UPLOADS_STORE: &str = "hs_uploads";
+
+/// KV key of a file's record (progress, counts, lease) in `hs_files`.
+pub fn file_key(file_id: &str) -> String {
+    format!("file.{file_id}")
+}
+
+/// KV key of the rejected lines kept for a file in `hs_files`.
+pub fn file_errors_key(file_id: &str) -> String {
+    format!("errors.{file_id}")
+}
+
+/// The file id in a `hs_files` record key, if it is one.
+pub fn file_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix("file.")
+}
+
+/// `Nats-Msg-Id` (and event id) of the event of one line of a file: a re-publish of
+/// the line after a crash is a JetStream duplicate.
+pub fn file_line_event_id(file_id: &str, line: u64) -> String {
+    format!("{file_id}_{line}")
+}
+
+/// The object store's chunk subject of one object version (NATS ADR-20 layout).
+pub fn object_chunks_subject(store: &str, nuid: &str) -> String {
+    format!("$O.{store}.C.{nuid}")
+}
+
+/// The object store's meta subject of an object: its name in URL-safe base64.
+pub fn object_meta_subject(store: &str, name: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
+    format!("$O.{store}.M.{encoded}")
+}
+
+/// The stream behind an object store.
+pub fn object_store_stream(store: &str) -> String {
+    format!("OBJ_{store}")
+}
+
+/// Header of the object store's meta message: replace the object's previous meta.
+pub const ROLLUP: &str = "Nats-Rollup";
+pub const ROLLUP_SUBJECT: &str = "sub";
 
 #[cfg(test)]
 mod tests {

@@ -153,6 +153,64 @@ pub fn api_keys_bucket(cfg: &Config) -> kv::Config {
     }
 }
 
+/// Files being ingested and ingested: one record per file (progress, counts, lease) and
+/// its kept rejected lines. A record outlives its file by `ingest.files_retention_secs`,
+/// so the same content dropped again within that time is recognised.
+pub fn files_bucket(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: names::FILES_BUCKET.into(),
+        description: "hookstream: files ingested and their progress".into(),
+        history: 1,
+        max_age: Duration::from_secs(cfg.ingest.files_retention_secs),
+        max_value_size: 1024 * 1024,
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
+/// Uploaded files, kept until their ingest is done (then deleted). No age limit: an
+/// upload waits for a replica however long all of them are down.
+pub fn uploads_store(cfg: &Config) -> jetstream::object_store::Config {
+    jetstream::object_store::Config {
+        bucket: names::UPLOADS_STORE.into(),
+        description: Some("hookstream: uploaded files waiting for their ingest".into()),
+        storage: StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
+/// Gets the object store, creating it the first time (several replicas starting at once:
+/// a lost creation race is resolved by looking it up again).
+pub async fn ensure_object_store(
+    js: &jetstream::Context,
+    want: jetstream::object_store::Config,
+) -> Result<jetstream::object_store::ObjectStore, BrokerError> {
+    for _ in 0..5 {
+        if let Ok(store) = js.get_object_store(&want.bucket).await {
+            return Ok(store);
+        }
+        match js.create_object_store(want.clone()).await {
+            Ok(store) => {
+                info!(store = %want.bucket, "created object store");
+                return Ok(store);
+            }
+            Err(e) => {
+                let err = BrokerError::new("creating object store", e);
+                if err.kind == BrokerErrorKind::Unavailable {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Err(BrokerError::with_kind(
+        BrokerErrorKind::Conflict,
+        "creating object store",
+        format!("object store {} could not be created", want.bucket),
+    ))
+}
+
 /// Creates the stream, or updates it when a field hookstream owns differs. Safe when
 /// several replicas start at once: a lost creation race is resolved by the next round.
 pub async fn ensure_stream(
@@ -286,6 +344,8 @@ pub fn delivery_stream(cfg: &Config, subjects: &Subjects, shard: u32) -> stream:
         subjects: vec![subjects.delivery_shard_wildcard(shard)],
         retention: RetentionPolicy::WorkQueue,
         storage: StorageType::File,
+        // A delivery lives no longer than its event would on HS_EVENTS.
+        max_age: Duration::from_secs(cfg.events.max_age_secs),
         max_bytes: cfg.events.delivery_max_bytes,
         // Full means full: the router keeps the event and tries again.
         discard: DiscardPolicy::New,

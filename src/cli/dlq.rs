@@ -467,13 +467,14 @@ fn progress_bar(length: u64, what: &str) -> ProgressBar {
 }
 
 /// The service's HTTP API, answers parsed as JSON and errors in the API's format.
-struct Api {
+/// Shared with `hookstream upload`.
+pub(crate) struct Api {
     base: url::Url,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Api {
-    fn new(base: &str, api_key: Option<&str>) -> Result<Self, CliError> {
+    pub(crate) fn new(base: &str, api_key: Option<&str>) -> Result<Self, CliError> {
         let parsed = url::Url::parse(base).map_err(|e| CliError::Url(base.to_string(), e))?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(key) = api_key.map(str::trim).filter(|k| !k.is_empty()) {
@@ -499,7 +500,7 @@ impl Api {
         })
     }
 
-    fn url(&self, path: &str, query: &[(&str, String)]) -> Result<url::Url, CliError> {
+    pub(crate) fn url(&self, path: &str, query: &[(&str, String)]) -> Result<url::Url, CliError> {
         let mut url = self
             .base
             .join(path)
@@ -511,7 +512,11 @@ impl Api {
         Ok(url)
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
         let url = self.url(path, query)?;
         self.send(self.client.get(url.clone()), &url).await
     }
@@ -526,7 +531,7 @@ impl Api {
         self.send(request, &url).await
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         request: reqwest::RequestBuilder,
         url: &url::Url,

@@ -3,3 +3,4 @@
 //! beyond what the API asks for and work against any replica.
 
 pub mod dlq;
+pub mod upload;

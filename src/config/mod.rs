@@ -42,6 +42,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub ingest: IngestConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -222,6 +223,44 @@ pub struct LogConfig {
 pub struct TelemetryConfig {
     pub per_destination_metrics: bool,
     pub per_destination_metrics_limit: usize,
+}
+
+/// Files: uploads and the watched folder (`src/files/`, docs/adr/0011).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub upload_max_bytes: u64,
+    pub upload_timeout_ms: u64,
+    pub publish_window: usize,
+    pub checkpoint_lines: u64,
+    pub lease_ms: u64,
+    pub rescan_ms: u64,
+    pub max_files: usize,
+    pub errors_kept: usize,
+    pub files_retention_secs: u64,
+    pub folder: Option<FolderConfig>,
+}
+
+/// `[ingest.folder]`: a folder whose new files become events, one per line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    pub event_type: Option<String>,
+    pub type_column: Option<String>,
+    pub format: String,
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+fn default_settle_ms() -> u64 {
+    2000
 }
 
 impl TelemetryConfig {
@@ -458,6 +497,7 @@ impl Config {
         }
         crate::access::keys::parse_admin_keys(&self.api.auth.admin_keys.0)
             .map_err(|why| invalid("api.auth.admin_keys", why.to_string()))?;
+        self.validate_ingest()?;
         for entry in &self.security.ssrf_allowlist {
             if entry.trim().is_empty() {
                 return Err(invalid(
@@ -465,6 +505,77 @@ impl Config {
                     "contains an empty entry",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
+        let i = &self.ingest;
+        if i.upload_max_bytes == 0 || i.upload_timeout_ms == 0 {
+            return Err(invalid(
+                "ingest.upload_max_bytes",
+                "upload_max_bytes and upload_timeout_ms must be positive",
+            ));
+        }
+        if !(1..=65_536).contains(&i.publish_window) || i.checkpoint_lines == 0 {
+            return Err(invalid(
+                "ingest.publish_window",
+                "publish_window must be 1 to 65536 and checkpoint_lines positive",
+            ));
+        }
+        if i.lease_ms < 1000 || i.rescan_ms == 0 || i.rescan_ms > i.lease_ms {
+            return Err(invalid(
+                "ingest.lease_ms",
+                "lease_ms must be at least 1000 and rescan_ms between 1 and lease_ms",
+            ));
+        }
+        if i.max_files == 0 || i.files_retention_secs == 0 {
+            return Err(invalid(
+                "ingest.max_files",
+                "max_files and files_retention_secs must be positive",
+            ));
+        }
+        let Some(f) = &i.folder else {
+            return Ok(());
+        };
+        if crate::model::TenantId::parse(f.tenant.clone()).is_err() {
+            return Err(invalid(
+                "ingest.folder.tenant",
+                "1 to 64 characters of [a-z0-9_-]",
+            ));
+        }
+        if !matches!(f.format.as_str(), "csv" | "ndjson") {
+            return Err(invalid(
+                "ingest.folder.format",
+                format!("{:?} is not csv or ndjson", f.format),
+            ));
+        }
+        match (&f.event_type, &f.type_column) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "ingest.folder.event_type",
+                    "set event_type or type_column, not both",
+                ));
+            }
+            (None, None) if f.format == "csv" => {
+                return Err(invalid(
+                    "ingest.folder.event_type",
+                    "a csv folder needs event_type or type_column",
+                ));
+            }
+            (_, Some(_)) if f.format != "csv" => {
+                return Err(invalid(
+                    "ingest.folder.type_column",
+                    "type_column is for csv; an ndjson line names its type itself",
+                ));
+            }
+            (Some(t), None) if crate::model::EventType::parse(t.clone()).is_err() => {
+                return Err(invalid(
+                    "ingest.folder.event_type",
+                    "dot-separated tokens of [A-Za-z0-9_-]",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

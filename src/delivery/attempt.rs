@@ -459,8 +459,9 @@ impl Deliverer {
         event: &Incoming,
         destination: &Destination,
     ) -> Option<AttemptRecord> {
-        history::last_attempt(
+        history::attempt_of(
             &self.broker,
+            history::Which::Last,
             event.envelope.tenant.as_str(),
             event.envelope.id.as_str(),
             destination.id.as_str(),
@@ -473,8 +474,9 @@ impl Deliverer {
         event: &Incoming,
         destination: &Destination,
     ) -> Option<DateTime<Utc>> {
-        let record = history::first_attempt(
+        let record = history::attempt_of(
             &self.broker,
+            history::Which::First,
             event.envelope.tenant.as_str(),
             event.envelope.id.as_str(),
             destination.id.as_str(),

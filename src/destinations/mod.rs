@@ -23,7 +23,7 @@ use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::model::Destination;
 
 pub use registry::Registry;
-pub use store::DestinationStore;
+pub use store::{DestinationStore, ROTATION_GRACE, test_event};
 pub use validate::{MAX_EVENT_TYPES, MAX_HEADERS, validate_retry};
 
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,9 @@ use crate::model::{
     SecretKey, SigningSecret, TenantId,
 };
 
+/// How long the old secrets keep signing after a rotation, unless the request says.
+pub const ROTATION_GRACE: Duration = Duration::from_secs(86_400);
+
 #[derive(Clone)]
 pub struct DestinationStore {
     broker: Broker,
@@ -448,5 +451,22 @@ fn set_enabled(dest: &mut Destination, enabled: bool) {
     dest.enabled = enabled;
     if enabled {
         dest.disabled_reason = None;
+    }
+}
+
+/// The event `/test` sends: type `hookstream.test`, to this destination only.
+pub fn test_event(destination: &Destination) -> crate::model::NewEvent {
+    let data = serde_json::json!({
+        "message": "hookstream test event",
+        "destination_id": destination.id,
+    });
+    crate::model::NewEvent {
+        id: None,
+        tenant: Some(destination.tenant.clone()),
+        event_type: crate::model::EventType::parse("hookstream.test").expect("a valid type"),
+        data: serde_json::value::RawValue::from_string(data.to_string()).expect("valid JSON"),
+        source: Some("hookstream".into()),
+        occurred_at: None,
+        destination_id: Some(destination.id.clone()),
     }
 }

@@ -32,10 +32,10 @@ impl Gcra {
     /// in order, and the new TAT.
     pub fn reserve(&self, tat: u64, now: u64, want: u32, horizon: u64) -> (Vec<u64>, u64) {
         let mut tat = tat;
-        let mut slots = Vec::with_capacity(want.max(1) as usize);
+        let mut slots: Vec<u64> = Vec::with_capacity(want.max(1) as usize);
         for i in 0..want.max(1) {
             let at = now.max(tat.saturating_sub(self.tolerance_us));
-            if i > 0 && at > slots[0] + horizon {
+            if i > 0 && at > slots[0].saturating_add(horizon) {
                 break;
             }
             slots.push(at);

@@ -73,97 +73,9 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     subject_tokens.next().is_none()
 }
 
-/// Whether some subject matches both patterns (what nats-server calls colliding filters).
-fn collide(a: &[&str], b: &[&str]) -> bool {
-    for i in 0.. {
-        match (a.get(i), b.get(i)) {
-            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
-            (None, None) => return true,
-            (Some(x), Some(y)) if x == y || *x == "*" || *y == "*" => {}
-            _ => return false,
-        }
-    }
-    unreachable!("the loop returns once either side runs out")
-}
-
-/// Whether every subject matching `narrow` also matches `wide`.
-fn subsumes(wide: &[&str], narrow: &[&str]) -> bool {
-    for i in 0.. {
-        match (wide.get(i), narrow.get(i)) {
-            (Some(&">"), Some(_)) => return true,
-            (None, None) => return true,
-            (Some(&"*"), Some(n)) if *n != ">" => {}
-            (Some(w), Some(n)) if w == n => {}
-            _ => return false,
-        }
-    }
-    unreachable!("the loop returns once either side runs out")
-}
-
-/// The narrowest single pattern that covers two colliding ones.
-fn generalise(a: &[&str], b: &[&str]) -> String {
-    let mut out = Vec::new();
-    for i in 0.. {
-        match (a.get(i), b.get(i)) {
-            (Some(&">"), _) | (_, Some(&">")) => {
-                out.push(">");
-                break;
-            }
-            (Some(x), Some(y)) => out.push(if x == y { x } else { "*" }),
-            _ => break,
-        }
-    }
-    out.join(".")
-}
-
-/// Filter subjects for a consumer that must see every event type matching `patterns`.
-///
-/// nats-server refuses a consumer whose filter subjects overlap, yet users may well
-/// subscribe to `order.*` and `*.created` together. Subsumed patterns are dropped and
-/// partially overlapping ones are widened to one pattern that covers both; the returned flag
-/// says whether the filters are exact. When they are not, the worker checks each event
-/// against the real patterns and acknowledges the extra ones without sending them.
-pub fn consumer_filters(patterns: &[EventPattern]) -> (Vec<String>, bool) {
-    let mut set: Vec<String> = patterns.iter().map(|p| p.0.clone()).collect();
-    set.sort();
-    set.dedup();
-    let mut exact = true;
-    'again: loop {
-        for i in 0..set.len() {
-            for j in 0..set.len() {
-                if i == j {
-                    continue;
-                }
-                let a: Vec<&str> = set[i].split('.').collect();
-                let b: Vec<&str> = set[j].split('.').collect();
-                if subsumes(&a, &b) {
-                    set.remove(j);
-                    continue 'again;
-                }
-                if collide(&a, &b) {
-                    let wide = generalise(&a, &b);
-                    let (hi, lo) = (i.max(j), i.min(j));
-                    set.remove(hi);
-                    set.remove(lo);
-                    set.push(wide);
-                    exact = false;
-                    continue 'again;
-                }
-            }
-        }
-        break;
-    }
-    set.sort();
-    (set, exact)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pats(v: &[&str]) -> Vec<EventPattern> {
-        v.iter().map(|p| EventPattern::parse(*p).unwrap()).collect()
-    }
 
     #[test]
     fn matching_follows_nats_wildcards() {
@@ -184,29 +96,5 @@ mod tests {
         assert!(EventPattern::parse(">.x").is_err());
         assert!(EventPattern::parse("or*der").is_err());
         assert!(EventPattern::parse("").is_err());
-    }
-
-    #[test]
-    fn subsumed_filters_are_dropped_exactly() {
-        let (f, exact) = consumer_filters(&pats(&["order.*", "order.created", "user.>"]));
-        assert_eq!(f, vec!["order.*", "user.>"]);
-        assert!(exact);
-        let (f, exact) = consumer_filters(&pats(&[">", "a.b"]));
-        assert_eq!(f, vec![">"]);
-        assert!(exact);
-    }
-
-    #[test]
-    fn partial_overlaps_are_widened_and_marked_inexact() {
-        let (f, exact) = consumer_filters(&pats(&["order.*", "*.created", "x.y.z"]));
-        assert_eq!(f, vec!["*.*", "x.y.z"]);
-        assert!(!exact);
-    }
-
-    #[test]
-    fn disjoint_filters_stay() {
-        let (f, exact) = consumer_filters(&pats(&["a.b", "a.c", "a.b.c"]));
-        assert_eq!(f, vec!["a.b", "a.b.c", "a.c"]);
-        assert!(exact);
     }
 }

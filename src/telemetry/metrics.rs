@@ -35,6 +35,12 @@ pub const CIRCUIT_OPENED: &str = "hookstream_circuit_opened_total";
 pub const RATE_LIMIT_KV_WRITES: &str = "hookstream_ratelimit_kv_writes_total";
 /// Events refused with 429 by a tenant's ingest limit.
 pub const TENANT_RATE_LIMITED: &str = "hookstream_tenant_rate_limited_total";
+/// Lines of files (uploads, the watched folder) by `outcome`: `accepted`, `rejected`,
+/// `duplicate` (already stored by an owner that died before its checkpoint).
+pub const FILE_LINES: &str = "hookstream_file_lines_total";
+/// Files by `status`: `queued` (stored or taken), `done`, `failed`, `duplicate` (content
+/// already ingested, not ingested again).
+pub const FILES: &str = "hookstream_files_total";
 
 // Routing (docs/adr/0010).
 /// Events the router has routed (acked on `HS_EVENTS`), and the deliveries it wrote.

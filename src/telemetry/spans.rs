@@ -141,7 +141,7 @@ pub fn process(
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = subject,
-        messaging.consumer.group.name = %format_args!("dest_{destination_id}"),
+        messaging.consumer.group.name = %crate::broker::names::consumer_name_of(destination_id),
         messaging.message.id = Empty,
         messaging.nats.message.delivery_count = delivered,
         hookstream.event.id = Empty,

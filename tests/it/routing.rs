@@ -306,3 +306,43 @@ async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed(
         "nothing delivered twice"
     );
 }
+
+/// A destination without a consumer (nothing was ever routed to it) can be paused and
+/// resumed: a change of a destination touches its consumer only if it has one. What is
+/// routed while it is paused waits in its shard and is delivered on resume.
+#[tokio::test]
+async fn a_destination_without_a_consumer_pauses_and_its_deliveries_wait() {
+    let app = spawn_app_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let destination = steps::create(
+        &app,
+        json!({"url": receiver.url("/p"), "event_types": ["p.*"]}),
+    )
+    .await;
+    let (status, body) = app
+        .post(&format!("/v1/destinations/{destination}/pause"), json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let id = steps::send(&app, json!({"type": "p.x", "data": {}})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while steps::deliveries_waiting(&app, &destination).await == 0 {
+        assert!(Instant::now() < deadline, "the event was never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        receiver
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .is_none(),
+        "sent while paused"
+    );
+    let (status, body) = app
+        .post(&format!("/v1/destinations/{destination}/resume"), json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let r = receiver
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .expect("delivered after resume");
+    assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+}
