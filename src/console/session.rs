@@ -46,9 +46,10 @@ impl Viewer {
         self.access.tenant()
     }
 
-    /// The tenant to act on for a request naming `requested` (403 for another tenant).
-    pub fn scope(&self, requested: Option<TenantId>) -> Result<Option<TenantId>, ConsoleError> {
-        Ok(self.access.scope(requested)?)
+    /// The tenant to act on for a form naming `requested` (400 for a bad name, 403 for
+    /// another tenant): the API's own [`Access::scope_text`].
+    pub fn scope(&self, requested: Option<&str>) -> Result<Option<TenantId>, ConsoleError> {
+        Ok(self.access.scope_text(requested)?)
     }
 
     /// Whether a thing of `tenant` found by id is the viewer's to see (not: 404).
@@ -203,11 +204,7 @@ mod tests {
         let acme = TenantId::parse("acme").unwrap();
         let viewer = viewer(Some("acme"), String::new());
         assert_eq!(viewer.scope(None).unwrap(), Some(acme.clone()));
-        assert!(
-            viewer
-                .scope(Some(TenantId::parse("globex").unwrap()))
-                .is_err()
-        );
+        assert!(viewer.scope(Some("globex")).is_err());
         assert!(viewer.owns("acme") && !viewer.owns("globex"));
         assert!(!viewer.is_admin());
     }

@@ -71,11 +71,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Markup, ConsoleError> {
-    let requested = given(&q.tenant)
-        .map(TenantId::parse)
-        .transpose()
-        .map_err(ConsoleError::invalid)?;
-    let tenant = viewer.scope(requested)?;
+    let tenant = viewer.scope(given(&q.tenant))?;
     let (destinations, next) = page_of(&state, tenant.as_ref(), given(&q.cursor)).await?;
     let healths = health_of(&state, &destinations).await?;
     let body = html! {

@@ -15,7 +15,7 @@ use crate::console::session::Viewer;
 use crate::dlq::purge::{self, PurgeRequest};
 use crate::dlq::replay::{self, ReplayRequest, Target};
 use crate::dlq::{Order, Selection, browse};
-use crate::model::{DestinationId, EventPattern, TenantId};
+use crate::model::{DestinationId, EventPattern};
 
 /// Dead letters listed on one page, and handled by one replay or purge.
 const PAGE: usize = 50;
@@ -43,12 +43,8 @@ fn when(field: &Option<String>) -> Result<Option<DateTime<Utc>>, ConsoleError> {
 }
 
 fn selection(viewer: &Viewer, f: &Filters) -> Result<Selection, ConsoleError> {
-    let requested = given(&f.tenant)
-        .map(TenantId::parse)
-        .transpose()
-        .map_err(ConsoleError::invalid)?;
     Ok(Selection {
-        tenant: viewer.scope(requested)?,
+        tenant: viewer.scope(given(&f.tenant))?,
         destination: given(&f.destination_id)
             .map(DestinationId::parse)
             .transpose()

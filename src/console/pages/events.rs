@@ -17,7 +17,7 @@ use crate::console::layout::{page, time};
 use crate::console::session::Viewer;
 use crate::events::{self, search};
 use crate::history;
-use crate::model::{AttemptRecord, DeliveryStatus, EventId, TenantId};
+use crate::model::{AttemptRecord, DeliveryStatus, EventId};
 
 /// Events on one page.
 const PAGE: usize = 50;
@@ -60,11 +60,7 @@ pub async fn search(
     State(state): State<AppState>,
     Query(f): Query<SearchForm>,
 ) -> Result<Markup, ConsoleError> {
-    let requested = given(&f.tenant)
-        .map(TenantId::parse)
-        .transpose()
-        .map_err(ConsoleError::invalid)?;
-    let tenant = viewer.scope(requested)?;
+    let tenant = viewer.scope(given(&f.tenant))?;
     let status: Option<DeliveryStatus> = given(&f.status)
         .map(|s| serde_json::from_value(serde_json::Value::String(s.into())))
         .transpose()
