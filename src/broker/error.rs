@@ -2,7 +2,9 @@
 //! kind of failure it was. They are classified here, once.
 
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, PublishError, PublishErrorKind,
+};
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,14 @@ impl BrokerError {
 fn jetstream_error(e: &(dyn std::error::Error + 'static)) -> Option<async_nats::jetstream::Error> {
     if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
         return Some(js.clone());
+    }
+    // async-nats keeps the server's error in the kind of a consumer or stream
+    // create/update error, not in its source chain.
+    if let Some(create) = e.downcast_ref::<CreateStreamError>() {
+        return match create.kind() {
+            CreateStreamErrorKind::JetStream(js) => Some(js),
+            _ => None,
+        };
     }
     match e.downcast_ref::<ConsumerError>()?.kind() {
         ConsumerErrorKind::JetStream(js) => Some(js),
