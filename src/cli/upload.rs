@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
-use super::dlq::{Api, CliError};
+use super::api::{Api, CliError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -139,7 +139,7 @@ pub async fn run(args: UploadArgs) -> Result<(), UploadError> {
         // A gigabyte takes longer than the client's usual request timeout.
         .timeout(Duration::from_secs(3600))
         .body(reqwest::Body::wrap_stream(body));
-    let answer = api.send(request, &url).await;
+    let answer = api.send::<Value>(request, &url).await;
     sending.finish_and_clear();
     let answer = answer?;
     let id = answer["id"].as_str().unwrap_or_default().to_string();
@@ -158,7 +158,7 @@ pub async fn run(args: UploadArgs) -> Result<(), UploadError> {
 async fn follow(api: &Api, id: &str) -> Result<(), UploadError> {
     let lines = bar("{spinner} {msg} ({elapsed})", None);
     let status = loop {
-        let status = api.get(&format!("/v1/uploads/{id}"), &[]).await?;
+        let status: Value = api.get(&format!("/v1/uploads/{id}"), &()).await?;
         lines.set_message(format!(
             "{}: {} lines, {} accepted, {} rejected",
             status["status"].as_str().unwrap_or("?"),
