@@ -41,6 +41,17 @@ pub enum IngestError {
     Broker(#[from] BrokerError),
 }
 
+/// A batch item that was not accepted: refused before ingest by the caller's own checks
+/// (`E`: not an event, another tenant's), or by ingest.
+#[derive(Debug)]
+pub enum BatchItemError<E> {
+    Refused(E),
+    Ingest(IngestError),
+}
+
+/// Items published at once in a batch; results keep the request's order.
+const BATCH_IN_FLIGHT: usize = 128;
+
 /// An item's place in a batch: wait for the previous item's publish, then let the next one
 /// go (by dropping `done`). The default is a single event with nobody to wait for.
 #[derive(Default)]
@@ -214,6 +225,58 @@ impl Ingestor {
             id: id.to_string(),
             duplicate: false,
         })
+    }
+
+    /// Ingests a batch of 1 to `max` items, each accepted or refused on its own, in the
+    /// batch's order: each item publishes after the one before it (an ordered destination
+    /// then gets the batch in that order), while checks and acks overlap. `prepare` turns
+    /// an item into an event or refuses it. A batch-level key makes each item's key
+    /// `<key>/<index>`.
+    ///
+    /// When NATS is down or the stream full and no item was stored, the batch as a whole
+    /// is refused with that error: a client retries it whole, as it would a single event,
+    /// instead of finding a 200 whose every item failed.
+    pub async fn ingest_batch<I, E>(
+        &self,
+        items: Vec<I>,
+        max: usize,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+        prepare: impl Fn(I) -> Result<NewEvent, E>,
+    ) -> Result<Vec<Result<Accepted, BatchItemError<E>>>, IngestError> {
+        use futures::StreamExt;
+        if items.is_empty() || items.len() > max {
+            return Err(IngestError::Invalid(format!(
+                "a batch holds 1 to {max} events"
+            )));
+        }
+        let turns = Turn::chain(items.len());
+        let mut outcomes: Vec<Result<Accepted, BatchItemError<E>>> =
+            futures::stream::iter(items.into_iter().zip(turns).enumerate())
+                .map(|(i, (item, turn))| {
+                    let prepared = prepare(item);
+                    let item_key = idempotency_key.map(|k| format!("{k}/{i}"));
+                    async move {
+                        let event = prepared.map_err(BatchItemError::Refused)?;
+                        self.ingest_in_turn(event, item_key.as_deref(), trace, turn)
+                            .await
+                            .map_err(BatchItemError::Ingest)
+                    }
+                })
+                .buffered(BATCH_IN_FLIGHT)
+                .collect()
+                .await;
+        if outcomes.iter().any(Result::is_ok) {
+            return Ok(outcomes);
+        }
+        let broker_refused = outcomes.iter().position(|o| {
+            matches!(o, Err(BatchItemError::Ingest(IngestError::Broker(b)))
+                if matches!(b.kind, BrokerErrorKind::Unavailable | BrokerErrorKind::StorageFull))
+        });
+        match broker_refused.map(|i| outcomes.swap_remove(i)) {
+            Some(Err(BatchItemError::Ingest(e))) => Err(e),
+            _ => Ok(outcomes),
+        }
     }
 
     /// Where an event goes, after the checks that need no id: its source, and that a

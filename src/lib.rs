@@ -19,7 +19,7 @@
 //! - [`events`]: event search and delivery status per destination, for the API and the
 //!   console.
 //! - [`access`]: API keys, roles and the open-mode policy; checked by `api::access`.
-//! - [`api`]: the HTTP API (axum); [`error`]: its error format.
+//! - [`api`]: the HTTP API (axum), its error format in `api/error.rs`.
 //! - [`console`]: the web console at `/console`, server-rendered HTML.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
@@ -35,7 +35,6 @@ pub mod console;
 pub mod delivery;
 pub mod destinations;
 pub mod dlq;
-pub mod error;
 pub mod events;
 pub mod files;
 pub mod flow;

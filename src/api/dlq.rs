@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::Access;
+use super::error::ApiError;
 use super::json::{ApiJson, parse};
 use super::{AppState, bad_request};
 use crate::dlq::purge::{self, PurgeReport, PurgeRequest};
 use crate::dlq::replay::{self, ReplayReport, ReplayRequest};
 use crate::dlq::{Cursor, DeadLetterFilter, Order, StoredDeadLetter, Target, browse, letter};
-use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -6,6 +6,7 @@ pub mod access;
 pub mod api_keys;
 pub mod destinations;
 pub mod dlq;
+pub mod error;
 pub mod events;
 pub mod health;
 pub mod json;
@@ -26,11 +27,11 @@ use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 
+use self::error::ApiError;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::destinations::DestinationStore;
 use crate::destinations::Registry;
-use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::telemetry::metrics as m;
 

@@ -18,9 +18,9 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::Access;
+use super::error::ApiError;
 use super::{AppState, bad_request};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::files::{FileRecord, Format, Origin, RejectedLine, Status, UploadRequest};
 use crate::model::{EventType, TenantId};
 
@@ -55,7 +55,8 @@ pub struct UploadQuery {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// Also what `hookstream upload` reads.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UploadAccepted {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,13 +250,13 @@ pub async fn create(
     Ok(accepted(&access, uploaded))
 }
 
-/// An upload (or folder file) and its progress.
-#[derive(Debug, Serialize, ToSchema)]
+/// An upload (or folder file) and its progress. Also what `hookstream upload` follows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UploadView {
     pub id: String,
     pub tenant: String,
     /// `upload` or `folder`.
-    pub source: &'static str,
+    pub source: String,
     pub name: Option<String>,
     #[schema(value_type = String)]
     pub format: Format,
@@ -281,7 +282,8 @@ impl From<FileRecord> for UploadView {
             source: match r.origin {
                 Origin::Upload { .. } => "upload",
                 Origin::Folder { .. } => "folder",
-            },
+            }
+            .to_string(),
             id: r.id,
             tenant: r.tenant,
             name: r.name,

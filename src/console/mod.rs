@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use maud::html;
 
 use crate::api::AppState;
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 pub fn router() -> Router<AppState> {
     Router::new()

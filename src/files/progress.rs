@@ -28,6 +28,16 @@ impl Status {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Done | Self::Failed)
     }
+
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// Which door a file came through.
@@ -240,4 +250,21 @@ pub async fn save_errors(kv: &kv::Store, id: &str, errors: &KeptErrors) -> Resul
         .await
         .map(drop)
         .map_err(|e| FilesError::Broker(BrokerError::new("writing rejected lines", e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_spelled_as_serde_writes_it() {
+        for s in [
+            Status::Queued,
+            Status::Processing,
+            Status::Done,
+            Status::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }
