@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::steps::{create, send};
+use crate::common::steps::{create, eventually, send};
 use crate::common::{Receiver, TestApp, spawn_app};
 
 /// A client that keeps cookies, signed in (open mode: the empty key).
@@ -142,21 +142,18 @@ async fn console_pages_need_a_session_and_show_destinations_events_and_dead_lett
         .await
         .expect("open mode signs in");
     // The failing destination turns red once its attempt is recorded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let page = loop {
+    let page = eventually(Duration::from_secs(20), async || {
         let (status, page) = browser.get("/console/destinations").await;
         assert_eq!(status, StatusCode::OK, "{page}");
         if page.contains(&format!(
             "data-destination=\"{bad}\" data-health=\"failing\""
         )) {
-            break page;
+            Ok(page)
+        } else {
+            Err(format!("never failing: {page}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never failing: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert!(
         page.contains(&format!(
             "data-destination=\"{good}\" data-health=\"healthy\""
@@ -365,16 +362,11 @@ async fn a_tenant_key_sees_only_its_tenant_in_the_console() {
     // Deleting the key ends the session.
     let (status, _) = admin.delete(&format!("/v1/api-keys/{key_id}")).await;
     assert!(status.is_success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, _) = browser.get("/console/destinations").await;
-        if status == StatusCode::UNAUTHORIZED {
-            break;
+    eventually(Duration::from_secs(5), async || {
+        match browser.get("/console/destinations").await {
+            (StatusCode::UNAUTHORIZED, _) => Ok(()),
+            (status, _) => Err(format!("the deleted key still works ({status})")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the deleted key still works"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

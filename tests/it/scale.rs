@@ -16,26 +16,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::seen::Seen;
-use crate::common::{
-    NatsServer, Receiver, Request, ServiceProcess, TestApp, spawn_app_with, steps,
-};
+use crate::common::steps::assert_quiet;
+use crate::common::{NatsServer, Receiver, ServiceProcess, TestApp, spawn_app_with, steps};
 
 /// How long we listen after the last expected request to show that nothing more arrives.
 const QUIET: Duration = Duration::from_secs(1);
-
-#[track_caller]
-fn assert_quiet(request: Option<Request>, what: &str) {
-    if let Some(r) = request {
-        panic!(
-            "{what}: unexpected request {} {} webhook-id={:?} type={:?} body={:?}",
-            r.method,
-            r.uri,
-            r.header("webhook-id"),
-            r.header("hs-event-type"),
-            r.body
-        );
-    }
-}
 
 /// Posts `events` as one `POST /v1/events/batch`; every item must be answered 202 with
 /// the id it was given.
