@@ -109,7 +109,6 @@ impl Worker {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let woken = Arc::downgrade(&dispatcher);
         tracker.spawn(watch.run(
-            broker.clone(),
             registry.clone(),
             // A resumed or re-enabled destination may have deliveries waiting.
             Box::new(move |id: &str| {
