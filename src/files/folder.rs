@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::progress::{self, FileRecord, Lease, Origin, RejectedLine, Status};
-use super::runner::Observed;
+use super::progress::{self, FileRecord, Lease, Observed, Origin, RejectedLine, Status};
 use super::{Files, FilesError, Format, file_id, hex};
 use crate::config::FolderConfig;
 use crate::model::TenantId;
