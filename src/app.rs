@@ -209,7 +209,7 @@ impl App {
         // Stop taking new work, let in-flight deliveries finish within the grace period.
         workers_token.cancel();
         tracker.close();
-        let grace = Duration::from_millis(self.cfg.delivery.shutdown_grace_ms);
+        let grace = self.cfg.delivery.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!("grace period over; unacknowledged messages will be redelivered");
         }

@@ -17,7 +17,6 @@ pub mod uploads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -63,8 +62,8 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.cfg.api.body_limit_bytes;
-    let timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
-    let retry_after = state.cfg.api.retry_after_secs.max(1);
+    let timeout = state.cfg.api.request_timeout;
+    let retry_after = state.cfg.api.retry_after.as_secs().max(1);
     let timed = Router::new()
         .merge(events::router())
         .merge(destinations::router())

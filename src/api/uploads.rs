@@ -3,8 +3,6 @@
 //! (`ingest.upload_max_bytes`) and timeout (`ingest.upload_timeout_ms`) instead of the
 //! API's; the answer comes once the file is stored, and its ingest runs in the workers.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
@@ -31,7 +29,7 @@ pub fn router(cfg: &Config) -> Router<AppState> {
         .route("/v1/uploads/{id}/errors", get(errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(cfg.ingest.upload_timeout_ms),
+            cfg.ingest.upload_timeout,
         ))
         // The size limit is ingest.upload_max_bytes, counted while the file streams.
         .layer(DefaultBodyLimit::disable())

@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod duration;
+
 const DEFAULTS: &str = include_str!("default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,8 @@ pub struct NatsConfig {
     pub password: Option<Password>,
     pub inbox_prefix: String,
     pub replicas: usize,
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "duration::millis")]
+    pub request_timeout: Duration,
     pub embedded: EmbeddedConfig,
 }
 
@@ -88,8 +91,10 @@ pub struct EmbeddedConfig {
 pub struct ApiConfig {
     pub listen: String,
     pub body_limit_bytes: usize,
-    pub request_timeout_ms: u64,
-    pub retry_after_secs: u64,
+    #[serde(rename = "request_timeout_ms", with = "duration::millis")]
+    pub request_timeout: Duration,
+    #[serde(rename = "retry_after_secs", with = "duration::secs")]
+    pub retry_after: Duration,
     pub auth: AuthConfig,
 }
 
@@ -129,9 +134,11 @@ impl std::fmt::Debug for AdminKeys {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
-    pub max_age_secs: u64,
+    #[serde(rename = "max_age_secs", with = "duration::secs")]
+    pub max_age: Duration,
     pub max_bytes: i64,
-    pub duplicate_window_secs: u64,
+    #[serde(rename = "duplicate_window_secs", with = "duration::secs")]
+    pub duplicate_window: Duration,
     pub max_consumers: i32,
     pub max_batch: usize,
     // Routing (docs/adr/0010).
@@ -142,36 +149,48 @@ pub struct EventsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    pub max_age_secs: u64,
+    #[serde(rename = "max_age_secs", with = "duration::secs")]
+    pub max_age: Duration,
     pub max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {
-    pub ttl_secs: u64,
+    #[serde(rename = "ttl_secs", with = "duration::secs")]
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    pub default_timeout_ms: u64,
+    #[serde(rename = "default_timeout_ms", with = "duration::millis")]
+    pub default_timeout: Duration,
     pub default_max_in_flight: u32,
     pub default_max_attempts: u32,
-    pub default_backoff_base_ms: u64,
+    #[serde(rename = "default_backoff_base_ms", with = "duration::millis")]
+    pub default_backoff_base: Duration,
     pub default_backoff_factor: f64,
-    pub default_backoff_max_ms: u64,
+    #[serde(rename = "default_backoff_max_ms", with = "duration::millis")]
+    pub default_backoff_max: Duration,
     pub default_backoff_jitter: f64,
-    pub retry_after_cap_ms: u64,
+    #[serde(rename = "retry_after_cap_ms", with = "duration::millis")]
+    pub retry_after_cap: Duration,
     pub pull_batch: usize,
-    pub sweep_interval_ms: u64,
-    pub ack_wait_margin_ms: u64,
+    #[serde(rename = "sweep_interval_ms", with = "duration::millis")]
+    pub sweep_interval: Duration,
+    #[serde(rename = "ack_wait_margin_ms", with = "duration::millis")]
+    pub ack_wait_margin: Duration,
     pub max_in_flight_total: usize,
-    pub slow_delivery_ms: u64,
-    pub shutdown_grace_ms: u64,
-    pub stats_flush_ms: u64,
+    #[serde(rename = "slow_delivery_ms", with = "duration::millis")]
+    pub slow_delivery: Duration,
+    #[serde(rename = "shutdown_grace_ms", with = "duration::millis")]
+    pub shutdown_grace: Duration,
+    #[serde(rename = "stats_flush_ms", with = "duration::millis")]
+    pub stats_flush: Duration,
     // Routing (docs/adr/0010).
-    pub consumer_idle_secs: u64,
+    #[serde(rename = "consumer_idle_secs", with = "duration::secs")]
+    pub consumer_idle: Duration,
 }
 
 /// Circuit breakers, shared rate limits, tenant ingest limits (`src/flow/`).
@@ -179,9 +198,11 @@ pub struct DeliveryConfig {
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     pub circuit_failure_threshold: u32,
-    pub circuit_cooldown_ms: u64,
+    #[serde(rename = "circuit_cooldown_ms", with = "duration::millis")]
+    pub circuit_cooldown: Duration,
     pub circuit_probes: u32,
-    pub rate_lease_horizon_ms: u64,
+    #[serde(rename = "rate_lease_horizon_ms", with = "duration::millis")]
+    pub rate_lease_horizon: Duration,
     pub rate_lease_max: u32,
     pub tenant_default: TenantLimit,
     #[serde(default)]
@@ -230,14 +251,18 @@ pub struct TelemetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     pub upload_max_bytes: u64,
-    pub upload_timeout_ms: u64,
+    #[serde(rename = "upload_timeout_ms", with = "duration::millis")]
+    pub upload_timeout: Duration,
     pub publish_window: usize,
     pub checkpoint_lines: u64,
-    pub lease_ms: u64,
-    pub rescan_ms: u64,
+    #[serde(rename = "lease_ms", with = "duration::millis")]
+    pub lease: Duration,
+    #[serde(rename = "rescan_ms", with = "duration::millis")]
+    pub rescan: Duration,
     pub max_files: usize,
     pub errors_kept: usize,
-    pub files_retention_secs: u64,
+    #[serde(rename = "files_retention_secs", with = "duration::secs")]
+    pub files_retention: Duration,
     pub folder: Option<FolderConfig>,
 }
 
@@ -251,16 +276,20 @@ pub struct FolderConfig {
     pub event_type: Option<String>,
     pub type_column: Option<String>,
     pub format: String,
-    #[serde(default = "default_settle_ms")]
-    pub settle_ms: u64,
+    #[serde(
+        rename = "settle_ms",
+        with = "duration::millis",
+        default = "default_settle"
+    )]
+    pub settle: Duration,
 }
 
 fn default_tenant() -> String {
     "default".into()
 }
 
-fn default_settle_ms() -> u64 {
-    2000
+fn default_settle() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl TelemetryConfig {
@@ -389,7 +418,7 @@ impl Config {
                 "circuit_failure_threshold and circuit_probes must be at least 1",
             ));
         }
-        if f.circuit_cooldown_ms == 0 || f.rate_lease_max == 0 {
+        if f.circuit_cooldown.is_zero() || f.rate_lease_max == 0 {
             return Err(invalid(
                 "flow.circuit_cooldown_ms",
                 "circuit_cooldown_ms and rate_lease_max must be positive",
@@ -443,7 +472,7 @@ impl Config {
                 "must be positive: a shard without a bound could fill the disk",
             ));
         }
-        if self.delivery.consumer_idle_secs == 0 {
+        if self.delivery.consumer_idle.is_zero() {
             return Err(invalid("delivery.consumer_idle_secs", "must be at least 1"));
         }
         if self.events.max_consumers <= 0 {
@@ -465,7 +494,7 @@ impl Config {
                 "in-flight and attempts must be at least 1",
             ));
         }
-        if d.default_timeout_ms == 0 {
+        if d.default_timeout.is_zero() {
             return Err(invalid("delivery.default_timeout_ms", "must be positive"));
         }
         if d.default_backoff_factor < 1.0 || !(0.0..=1.0).contains(&d.default_backoff_jitter) {
@@ -474,7 +503,7 @@ impl Config {
                 "factor must be ≥ 1 and jitter between 0 and 1",
             ));
         }
-        if d.ack_wait_margin_ms < 1000 {
+        if d.ack_wait_margin < Duration::from_secs(1) {
             return Err(invalid(
                 "delivery.ack_wait_margin_ms",
                 "must be at least 1000: the ack wait must exceed the request timeout with room to record the attempt",
@@ -486,13 +515,13 @@ impl Config {
                 "pull_batch must be 1 to 10000 and max_in_flight_total positive",
             ));
         }
-        if d.sweep_interval_ms < 100 {
+        if d.sweep_interval < Duration::from_millis(100) {
             return Err(invalid(
                 "delivery.sweep_interval_ms",
                 "must be at least 100",
             ));
         }
-        if self.idempotency.ttl_secs == 0 {
+        if self.idempotency.ttl.is_zero() {
             return Err(invalid("idempotency.ttl_secs", "must be positive"));
         }
         crate::access::keys::parse_admin_keys(&self.api.auth.admin_keys.0)
@@ -511,7 +540,7 @@ impl Config {
 
     fn validate_ingest(&self) -> Result<(), ConfigError> {
         let i = &self.ingest;
-        if i.upload_max_bytes == 0 || i.upload_timeout_ms == 0 {
+        if i.upload_max_bytes == 0 || i.upload_timeout.is_zero() {
             return Err(invalid(
                 "ingest.upload_max_bytes",
                 "upload_max_bytes and upload_timeout_ms must be positive",
@@ -523,13 +552,13 @@ impl Config {
                 "publish_window must be 1 to 65536 and checkpoint_lines positive",
             ));
         }
-        if i.lease_ms < 1000 || i.rescan_ms == 0 || i.rescan_ms > i.lease_ms {
+        if i.lease < Duration::from_secs(1) || i.rescan.is_zero() || i.rescan > i.lease {
             return Err(invalid(
                 "ingest.lease_ms",
                 "lease_ms must be at least 1000 and rescan_ms between 1 and lease_ms",
             ));
         }
-        if i.max_files == 0 || i.files_retention_secs == 0 {
+        if i.max_files == 0 || i.files_retention.is_zero() {
             return Err(invalid(
                 "ingest.max_files",
                 "max_files and files_retention_secs must be positive",
@@ -588,7 +617,7 @@ impl Config {
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.nats.request_timeout_ms)
+        self.nats.request_timeout
     }
 }
 
@@ -606,6 +635,40 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid() {
         Config::defaults().validate().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn durations_keep_their_ms_and_secs_keys_in_files_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let defaults = Config::defaults();
+            assert_eq!(defaults.delivery.shutdown_grace, Duration::from_secs(20));
+            assert_eq!(defaults.delivery.consumer_idle, Duration::from_secs(300));
+            assert_eq!(defaults.events.max_age, Duration::from_secs(7 * 86_400));
+            jail.create_file(
+                "hookstream.toml",
+                "[delivery]\nshutdown_grace_ms = 1234\nconsumer_idle_secs = 7\n",
+            )?;
+            jail.set_env("HOOKSTREAM_FLOW__CIRCUIT_COOLDOWN_MS", "4500");
+            jail.set_env("HOOKSTREAM_EVENTS__MAX_AGE_SECS", "3600");
+            let cfg = Config::load(Some(Path::new("hookstream.toml"))).expect("loads");
+            assert_eq!(cfg.delivery.shutdown_grace, Duration::from_millis(1234));
+            assert_eq!(cfg.delivery.consumer_idle, Duration::from_secs(7));
+            assert_eq!(cfg.flow.circuit_cooldown, Duration::from_millis(4500));
+            assert_eq!(cfg.events.max_age, Duration::from_secs(3600));
+            // Written back under the same keys, as integers.
+            let written = serde_json::to_value(&cfg).expect("serialises");
+            assert_eq!(written["delivery"]["shutdown_grace_ms"], 1234);
+            assert_eq!(written["events"]["max_age_secs"], 3600);
+            assert!(written["delivery"].get("shutdown_grace").is_none());
+            jail.set_env("HOOKSTREAM_DELIVERY__SHUTDOWN_GRACE", "5");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("shutdown_grace"),
+                "the new name is no key: {err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -25,7 +25,6 @@ pub mod stats;
 pub mod template;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -86,7 +85,7 @@ impl Worker {
             flow,
             store: store.clone(),
             stats: stats.clone(),
-            retry_after_cap: Duration::from_millis(d.retry_after_cap_ms),
+            retry_after_cap: d.retry_after_cap,
             consumer_policy: store.consumer_policy(),
             token: token.clone(),
         });
@@ -98,8 +97,7 @@ impl Worker {
                 max_in_flight_total: d.max_in_flight_total,
                 pull_batch: d.pull_batch,
                 request_timeout: cfg.request_timeout(),
-                slow_delivery: (d.slow_delivery_ms > 0)
-                    .then(|| Duration::from_millis(d.slow_delivery_ms)),
+                slow_delivery: (!d.slow_delivery.is_zero()).then_some(d.slow_delivery),
             },
             tracker.clone(),
             token.clone(),
@@ -157,7 +155,7 @@ impl Worker {
         };
         let report = scanner.scan().await?;
         info!(?report, "first shard scan done");
-        let interval = Duration::from_millis(d.sweep_interval_ms);
+        let interval = d.sweep_interval;
         let scan_token = token.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -174,7 +172,7 @@ impl Worker {
                 }
             }
         });
-        let flush_every = Duration::from_millis(d.stats_flush_ms);
+        let flush_every = d.stats_flush;
         let flush_token = token.clone();
         let flushed = stats.clone();
         tracker.spawn(async move { flushed.run_flusher(broker, flush_every, flush_token).await });

@@ -32,7 +32,7 @@ impl Files {
         if record.status.is_finished() || self.is_running(&record.id) {
             return Ok(false);
         }
-        let lease = Duration::from_millis(self.cfg.ingest.lease_ms);
+        let lease = self.cfg.ingest.lease;
         if record.owner.is_some() && !observed.silent(&record.id, revision, lease) {
             return Ok(false);
         }
@@ -84,7 +84,7 @@ impl Files {
     /// Scans for uploads to take until `token` is cancelled.
     pub async fn run_uploads(self, tracker: TaskTracker, token: CancellationToken) {
         let mut observed = Observed::default();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.ingest.rescan_ms));
+        let mut tick = tokio::time::interval(self.cfg.ingest.rescan);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

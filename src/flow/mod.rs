@@ -49,7 +49,7 @@ impl Flow {
     pub fn new(broker: &Broker, cfg: &FlowConfig) -> Self {
         let policy = CircuitPolicy {
             threshold: cfg.circuit_failure_threshold,
-            cooldown: Duration::from_millis(cfg.circuit_cooldown_ms),
+            cooldown: cfg.circuit_cooldown,
             probes: cfg.circuit_probes,
         };
         let limit = |l: &crate::config::TenantLimit| {
@@ -61,7 +61,7 @@ impl Flow {
         Self {
             rate: SharedRateLimiter::new(
                 broker.ratelimit.clone(),
-                Duration::from_millis(cfg.rate_lease_horizon_ms),
+                cfg.rate_lease_horizon,
                 cfg.rate_lease_max,
             ),
             circuits: Arc::new(Circuits::new(

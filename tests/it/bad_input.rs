@@ -904,7 +904,7 @@ fn assert_unavailable(what: &str, got: &(StatusCode, HeaderMap, Value)) {
 #[tokio::test]
 async fn nats_outage_answers_503_with_retry_after_and_the_service_recovers_by_itself() {
     const LIMIT: Duration = Duration::from_secs(10);
-    let app = spawn_app_with(|cfg| cfg.delivery.ack_wait_margin_ms = 1000).await;
+    let app = spawn_app_with(|cfg| cfg.delivery.ack_wait_margin = Duration::from_secs(1)).await;
     let receiver = Receiver::start().await;
     let (status, body) = app
         .create_destination(json!({

@@ -588,7 +588,7 @@ async fn destinations_past_the_consumer_limit_wait_for_room_on_their_shard() {
     let app = crate::common::spawn_app_with(|cfg| {
         cfg.events.max_consumers = LIMIT;
         cfg.events.delivery_shards = 1;
-        cfg.delivery.consumer_idle_secs = 1;
+        cfg.delivery.consumer_idle = Duration::from_secs(1);
     })
     .await;
     let receiver = Receiver::start().await;

@@ -134,7 +134,7 @@ async fn an_open_circuit_sends_nothing_for_the_cool_down_probes_then_delivers_al
     const COOLDOWN: Duration = Duration::from_secs(2);
     let with_circuit = |cfg: &mut hookstream::config::Config| {
         cfg.flow.circuit_failure_threshold = THRESHOLD;
-        cfg.flow.circuit_cooldown_ms = COOLDOWN.as_millis() as u64;
+        cfg.flow.circuit_cooldown = COOLDOWN;
         cfg.flow.circuit_probes = 1;
     };
     let a = spawn_app_with(with_circuit).await;
@@ -255,7 +255,7 @@ async fn simultaneous_failures_open_the_circuit_with_one_write_each_up_to_the_th
     let with_circuit = |cfg: &mut hookstream::config::Config| {
         cfg.flow.circuit_failure_threshold = THRESHOLD;
         // Nothing happens after the opening within the test's time.
-        cfg.flow.circuit_cooldown_ms = 600_000;
+        cfg.flow.circuit_cooldown = Duration::from_secs(600);
     };
     let app = spawn_app_with(with_circuit).await;
     let receiver = Receiver::start().await;

@@ -136,9 +136,9 @@ async fn router_killed_mid_fan_out_loses_no_delivery_and_a_standby_takes_over() 
 async fn a_destination_idle_past_consumer_idle_secs_loses_its_consumer_and_gets_its_next_event() {
     const LATENCY: Duration = Duration::from_secs(1);
     let app = spawn_app_with(|cfg| {
-        cfg.delivery.consumer_idle_secs = 1;
+        cfg.delivery.consumer_idle = Duration::from_secs(1);
         // Only the doorbell can wake the destination within the test.
-        cfg.delivery.sweep_interval_ms = 3_600_000;
+        cfg.delivery.sweep_interval = Duration::from_secs(3600);
     })
     .await;
     let receiver = Receiver::start().await;

@@ -46,7 +46,8 @@ async fn two_thousand_destinations_each_get_exactly_their_own_events() {
     let started = Instant::now();
     // No sweep within the test: every event must be found through its signal (ADR 0001),
     // including when the signal overtakes the consumer's own count of new messages.
-    let mut app = spawn_app_with(|cfg| cfg.delivery.sweep_interval_ms = 3_600_000).await;
+    let mut app =
+        spawn_app_with(|cfg| cfg.delivery.sweep_interval = Duration::from_secs(3600)).await;
     let receiver = Receiver::start().await;
     // Slow enough that deliveries to many destinations overlap.
     receiver.set_delay(Duration::from_millis(20));
@@ -204,7 +205,7 @@ const SILENCE: Duration = Duration::from_secs(3);
 
 #[tokio::test]
 async fn a_silent_destination_gets_a_new_event_within_the_documented_latency() {
-    let app = spawn_app_with(|cfg| cfg.delivery.sweep_interval_ms = 3_600_000).await;
+    let app = spawn_app_with(|cfg| cfg.delivery.sweep_interval = Duration::from_secs(3600)).await;
     let receiver = Receiver::start().await;
     steps::create(
         &app,
