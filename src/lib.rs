@@ -12,6 +12,8 @@
 //!   dead-letter.
 //! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
 //!   replicas through KV.
+//! - [`operations`]: operational events: hookstream telling a tenant that a destination
+//!   was disabled, its circuit opened or closed, an event was dead-lettered.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
 //! - [`files`]: files in, events out: uploads and the watched folder, one event per
 //!   line through crashes.
@@ -42,5 +44,6 @@ pub mod flow;
 pub mod history;
 pub mod ingest;
 pub mod model;
+pub mod operations;
 pub mod router;
 pub mod telemetry;

@@ -172,6 +172,8 @@ pub struct DeliveryConfig {
     pub stats_flush_ms: u64,
     // Routing (docs/adr/0010).
     pub consumer_idle_secs: u64,
+    // Operational events (docs/adr/0013): 0 = never disable for failing.
+    pub disable_after_secs: u64,
 }
 
 /// Circuit breakers, shared rate limits, tenant ingest limits (`src/flow/`).
@@ -186,6 +188,8 @@ pub struct FlowConfig {
     pub tenant_default: TenantLimit,
     #[serde(default)]
     pub tenants: std::collections::BTreeMap<String, TenantLimit>,
+    // Operational events (docs/adr/0013).
+    pub circuit_announce_interval_ms: u64,
 }
 
 /// Events per second a tenant may ingest, all API replicas together; 0 = unlimited.

@@ -29,6 +29,7 @@ use crate::dlq::{DeadLetter, DlqReason};
 use crate::flow::{self, Admission, Flow};
 use crate::history;
 use crate::model::{AttemptOutcome, AttemptRecord, Destination, Envelope};
+use crate::operations::{Attempted, DisableReason, Operations};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -49,6 +50,8 @@ pub struct Deliverer {
     pub retry_after_cap: Duration,
     /// The ack-wait rule, shared with the consumers' configuration.
     pub consumer_policy: ConsumerPolicy,
+    /// Operational events: circuit announcements, auto-disable, disable after a 410.
+    pub operations: Operations,
     pub token: CancellationToken,
 }
 
@@ -191,8 +194,17 @@ impl Deliverer {
             )
             .await;
             let response = &tried.response;
-            self.flow
-                .settle(destination, flow::verdict(response.status))
+            let attempted = attempted(&event, response);
+            let settled = self
+                .flow
+                .settle(
+                    destination,
+                    flow::verdict(response.status),
+                    attempted.announces(),
+                )
+                .await;
+            self.operations
+                .after_attempt(destination, &attempted, settled)
                 .await;
             let delay = match outcome::after_attempt(
                 response,
@@ -360,9 +372,14 @@ impl Deliverer {
                 "receiver answered 410 Gone at {}",
                 tried.started_at.to_rfc3339()
             );
-            if let Err(e) = self.store.disable(&destination.id, why).await {
-                warn!(destination_id = %destination.id, error = %e, "could not disable destination after 410");
-            }
+            self.operations
+                .disable(
+                    destination,
+                    DisableReason::Gone,
+                    why,
+                    &attempted(event, &tried.response),
+                )
+                .await;
         }
         Handled::Done
     }
@@ -483,6 +500,15 @@ impl Deliverer {
         )
         .await?;
         (record.stream_seq == event.seq).then_some(record.started_at)
+    }
+}
+
+/// The attempt as operational events tell of it.
+fn attempted<'a>(event: &'a Incoming, response: &'a sender::Response) -> Attempted<'a> {
+    Attempted {
+        event: &event.envelope,
+        status: response.status,
+        error: response.error.as_deref(),
     }
 }
 

@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::destinations::watch::DestinationWatch;
 use crate::destinations::{DestinationStore, Registry};
 use crate::flow::Flow;
+use crate::operations::Operations;
 use attempt::Deliverer;
 use backlog::Scanner;
 use dispatcher::Dispatcher;
@@ -83,11 +84,19 @@ impl Worker {
         let deliverer = Arc::new(Deliverer {
             broker: broker.clone(),
             sender,
-            flow,
+            flow: flow.clone(),
             store: store.clone(),
             stats: stats.clone(),
             retry_after_cap: Duration::from_millis(d.retry_after_cap_ms),
             consumer_policy: store.consumer_policy(),
+            operations: Operations::new(
+                broker.clone(),
+                store.clone(),
+                &flow,
+                &cfg,
+                tracker.clone(),
+                token.clone(),
+            ),
             token: token.clone(),
         });
         let dispatcher = Dispatcher::start(

@@ -405,19 +405,31 @@ impl DestinationStore {
         .await
     }
 
-    /// Disables a destination on hookstream's own initiative (e.g. `410 Gone`).
+    /// Disables a destination on hookstream's own initiative (`410 Gone`, failing for
+    /// too long). `Ok(true)`: this call disabled it; `Ok(false)`: it was disabled
+    /// already (by an operator, or by another replica first), and is left as it is.
     pub async fn disable(
         &self,
         id: &DestinationId,
         reason: String,
-    ) -> Result<(), DestinationError> {
+    ) -> Result<bool, DestinationError> {
+        match self.get(id).await? {
+            Some((d, _)) if d.enabled => {}
+            _ => return Ok(false),
+        }
+        // Atomic rather than a Cell: the future must stay Send.
+        let disabled_here = std::sync::atomic::AtomicBool::new(false);
         self.modify(id, |dest| {
-            dest.enabled = false;
-            dest.disabled_reason = Some(reason.clone());
+            // The last round of the compare-and-set is the one written.
+            disabled_here.store(dest.enabled, std::sync::atomic::Ordering::Relaxed);
+            if dest.enabled {
+                dest.enabled = false;
+                dest.disabled_reason = Some(reason.clone());
+            }
             Ok(())
         })
-        .await
-        .map(drop)
+        .await?;
+        Ok(disabled_here.into_inner())
     }
 
     /// What destination consumers are derived from besides the destination.

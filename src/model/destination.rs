@@ -101,7 +101,7 @@ impl Destination {
     }
 
     pub fn accepts(&self, event_type: &str) -> bool {
-        self.event_types.iter().any(|p| p.matches(event_type))
+        self.event_types.iter().any(|p| p.subscribes_to(event_type))
     }
 
     pub fn view(&self) -> DestinationView {

@@ -49,6 +49,10 @@ pub const DELIVERIES_ROUTED: &str = "hookstream_deliveries_routed_total";
 /// Destination consumers a worker created on their shard (they come and go with work).
 pub const CONSUMERS_CREATED: &str = "hookstream_consumers_created_total";
 
+// Operational events (docs/adr/0013).
+/// Operational events by `type` and `outcome` (`published`, `failed`).
+pub const OPERATIONAL_EVENTS: &str = "hookstream_operational_events_total";
+
 /// The `destination` label value shared by destinations beyond the limit.
 pub const OTHER_DESTINATIONS: &str = "_other";
 
