@@ -303,7 +303,9 @@ impl From<FileRecord> for UploadView {
 }
 
 /// The upload, if it is this key's to see: another tenant's is as unknown as a missing one.
-async fn find(state: &AppState, access: &Access, id: &str) -> Result<FileRecord, ApiError> {
+/// The upload `id` if `access` may see it (another tenant's: 404, as an unknown id).
+/// The console's upload pages check through this too.
+pub async fn find(state: &AppState, access: &Access, id: &str) -> Result<FileRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("upload {id} not found"));
     if !id.starts_with("upl_")
         || id.len() > 64
@@ -345,25 +347,38 @@ pub async fn list(
     let Query(page) = query.map_err(bad_request)?;
     let limit = page.limit()?;
     let tenant = access.scope_text(page.tenant.as_deref())?;
-    let all = state.files.list();
-    let mut rows = all
+    let (records, next_cursor) = page_of(&state, tenant.as_ref(), page.cursor.as_deref(), limit);
+    Ok(axum::Json(UploadList {
+        uploads: records.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of uploads (of `tenant`, already scoped by the caller's access), after
+/// `cursor` (the last id of the previous page), and the next page's cursor.
+pub fn page_of(
+    state: &AppState,
+    tenant: Option<&TenantId>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> (Vec<FileRecord>, Option<String>) {
+    let mut rows = state
+        .files
+        .list()
         .into_iter()
-        .filter(|r| tenant.as_ref().is_none_or(|t| r.tenant == t.as_str()))
-        .skip_while(|r| page.cursor.as_ref().is_some_and(|c| *c != r.id));
-    if page.cursor.is_some() {
+        .filter(|r| tenant.is_none_or(|t| r.tenant == t.as_str()))
+        .skip_while(|r| cursor.is_some_and(|c| c != r.id));
+    if cursor.is_some() {
         // The cursor is the last item of the previous page.
         rows.next();
     }
-    let uploads: Vec<UploadView> = rows.by_ref().take(limit).map(Into::into).collect();
+    let records: Vec<FileRecord> = rows.by_ref().take(limit).collect();
     let next_cursor = if rows.next().is_some() {
-        uploads.last().map(|u| u.id.clone())
+        records.last().map(|r| r.id.clone())
     } else {
         None
     };
-    Ok(axum::Json(UploadList {
-        uploads,
-        next_cursor,
-    }))
+    (records, next_cursor)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
