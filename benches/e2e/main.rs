@@ -7,6 +7,7 @@
 
 mod access;
 mod broker;
+mod console;
 mod files;
 mod harness;
 mod routing;
@@ -75,6 +76,7 @@ async fn main() {
         access::ingest_with_and_without_key(n(40_000))
     );
     run!("files", files::files(n(1_000_000)));
+    run!("console", console::console(10_000, n(1_000_000)));
     // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
     let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
     for mode in ["routed", "old"] {
