@@ -4,8 +4,8 @@
 
 use axum::extract::{Path, Query, State};
 use maud::{Markup, html};
-use serde::Deserialize;
 
+use super::destinations::ListQuery;
 use super::given;
 use crate::api::AppState;
 use crate::api::uploads::{find, page_of};
@@ -18,12 +18,6 @@ use crate::files::{FileRecord, Origin, Status};
 const PAGE: usize = 50;
 /// Rejected lines shown on a file's page (the API pages through all that are kept).
 const ERRORS_SHOWN: usize = 200;
-
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    tenant: Option<String>,
-    cursor: Option<String>,
-}
 
 pub async fn list(
     viewer: Viewer,
