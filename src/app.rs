@@ -196,7 +196,7 @@ impl App {
         }
 
         let router = if self.role.runs_api() {
-            api::router(self.state.clone())
+            api::router(self.state.clone(), crate::console::router())
         } else {
             api::worker_router(self.state.clone())
         };
@@ -209,7 +209,7 @@ impl App {
         // Stop taking new work, let in-flight deliveries finish within the grace period.
         workers_token.cancel();
         tracker.close();
-        let grace = Duration::from_millis(self.cfg.delivery.shutdown_grace_ms);
+        let grace = self.cfg.delivery.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!("grace period over; unacknowledged messages will be redelivered");
         }

@@ -2,6 +2,8 @@
 //! `HS_ATTEMPTS` (stored by the worker, read by the worker to count attempts, ADR 0002,
 //! and by the API).
 
+use std::collections::BTreeMap;
+
 use async_nats::jetstream::stream::DirectGetErrorKind;
 
 use crate::broker::{Broker, BrokerError};
@@ -74,17 +76,6 @@ impl StoredEvent {
     }
 }
 
-/// The stored event as the delivery status look-up needs it.
-pub fn event_ref<'a>(stored: &'a StoredEvent, id: &'a str) -> crate::events::EventRef<'a> {
-    crate::events::EventRef {
-        tenant: &stored.tenant,
-        id,
-        event_type: stored.event_type(),
-        directed_to: stored.directed_to.as_deref(),
-        stored_at: stored.stored_at,
-    }
-}
-
 /// The oldest attempt record on subjects matching `subject`.
 async fn first_attempt_matching(
     broker: &Broker,
@@ -127,6 +118,18 @@ pub async fn attempts_of(
         }
     }
     Ok(out)
+}
+
+/// Attempt records (oldest first) per destination, each list oldest first.
+pub fn by_destination(records: &[AttemptRecord]) -> BTreeMap<String, Vec<AttemptRecord>> {
+    let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
+    for record in records {
+        per_destination
+            .entry(record.destination_id.clone())
+            .or_default()
+            .push(record.clone());
+    }
+    per_destination
 }
 
 /// Stores an attempt record. A success record is history only (nothing counts from it),

@@ -41,6 +41,17 @@ pub enum IngestError {
     Broker(#[from] BrokerError),
 }
 
+/// A batch item that was not accepted: refused before ingest by the caller's own checks
+/// (`E`: not an event, another tenant's), or by ingest.
+#[derive(Debug)]
+pub enum BatchItemError<E> {
+    Refused(E),
+    Ingest(IngestError),
+}
+
+/// Items published at once in a batch; results keep the request's order.
+const BATCH_IN_FLIGHT: usize = 128;
+
 /// An item's place in a batch: wait for the previous item's publish, then let the next one
 /// go (by dropping `done`). The default is a single event with nobody to wait for.
 #[derive(Default)]
@@ -164,11 +175,13 @@ impl Ingestor {
         }
         let Outgoing {
             subject,
-            headers,
+            mut headers,
             body,
             span,
             event_type,
         } = self.message(&id, &tenant, event, subject, trace)?;
+        // This path writes the lookup record below; the router need not.
+        headers.insert(h::RECORDED, "api");
         let ack = async {
             if let Some(previous) = turn.wait.take() {
                 // Sent or given up: either way it is this item's turn (a closed channel
@@ -189,14 +202,12 @@ impl Ingestor {
         .instrument(span.clone())
         .await
         .inspect_err(|_| spans::record_error(&span, "publish_failed"))?;
-        if ack.duplicate {
-            metrics::counter!(m::INGEST_DUPLICATES).increment(1);
-            return Ok(Accepted {
-                id: id.to_string(),
-                duplicate: true,
-            });
+        if !ack.duplicate {
+            metrics::counter!(m::EVENTS_INGESTED, "via" => "http").increment(1);
         }
-        metrics::counter!(m::EVENTS_INGESTED, "via" => "http").increment(1);
+        // Written for a duplicate too: the first try may have stopped between its PubAck
+        // and this write, and the router leaves the record to this path (`Hs-Recorded`).
+        // The PubAck of a duplicate names the first copy's sequence.
         let record = AcceptedRecord {
             tenant: tenant.to_string(),
             seq: ack.sequence,
@@ -210,10 +221,65 @@ impl Ingestor {
             // window is still caught by JetStream.
             warn!(event_id = %id, error = %e, "idempotency record not stored");
         }
+        if ack.duplicate {
+            metrics::counter!(m::INGEST_DUPLICATES).increment(1);
+        }
         Ok(Accepted {
             id: id.to_string(),
-            duplicate: false,
+            duplicate: ack.duplicate,
         })
+    }
+
+    /// Ingests a batch of 1 to `max` items, each accepted or refused on its own, in the
+    /// batch's order: each item publishes after the one before it (an ordered destination
+    /// then gets the batch in that order), while checks and acks overlap. `prepare` turns
+    /// an item into an event or refuses it. A batch-level key makes each item's key
+    /// `<key>/<index>`.
+    ///
+    /// When NATS is down or the stream full and no item was stored, the batch as a whole
+    /// is refused with that error: a client retries it whole, as it would a single event,
+    /// instead of finding a 200 whose every item failed.
+    pub async fn ingest_batch<I, E>(
+        &self,
+        items: Vec<I>,
+        max: usize,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+        prepare: impl Fn(I) -> Result<NewEvent, E>,
+    ) -> Result<Vec<Result<Accepted, BatchItemError<E>>>, IngestError> {
+        use futures::StreamExt;
+        if items.is_empty() || items.len() > max {
+            return Err(IngestError::Invalid(format!(
+                "a batch holds 1 to {max} events"
+            )));
+        }
+        let turns = Turn::chain(items.len());
+        let mut outcomes: Vec<Result<Accepted, BatchItemError<E>>> =
+            futures::stream::iter(items.into_iter().zip(turns).enumerate())
+                .map(|(i, (item, turn))| {
+                    let prepared = prepare(item);
+                    let item_key = idempotency_key.map(|k| format!("{k}/{i}"));
+                    async move {
+                        let event = prepared.map_err(BatchItemError::Refused)?;
+                        self.ingest_in_turn(event, item_key.as_deref(), trace, turn)
+                            .await
+                            .map_err(BatchItemError::Ingest)
+                    }
+                })
+                .buffered(BATCH_IN_FLIGHT)
+                .collect()
+                .await;
+        if outcomes.iter().any(Result::is_ok) {
+            return Ok(outcomes);
+        }
+        let broker_refused = outcomes.iter().position(|o| {
+            matches!(o, Err(BatchItemError::Ingest(IngestError::Broker(b)))
+                if matches!(b.kind, BrokerErrorKind::Unavailable | BrokerErrorKind::StorageFull))
+        });
+        match broker_refused.map(|i| outcomes.swap_remove(i)) {
+            Some(Err(BatchItemError::Ingest(e))) => Err(e),
+            _ => Ok(outcomes),
+        }
     }
 
     /// Where an event goes, after the checks that need no id: its source, and that a

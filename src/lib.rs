@@ -12,6 +12,8 @@
 //!   dead-letter.
 //! - [`flow`]: rate limits, circuit breakers and tenant ingest limits, shared by all
 //!   replicas through KV.
+//! - [`operations`]: operational events: hookstream telling a tenant that a destination
+//!   was disabled, its circuit opened or closed, an event was dead-lettered.
 //! - [`dlq`]: dead letters on `HS_DLQ`: publish, browse, replay, purge; resend of events.
 //! - [`files`]: files in, events out: uploads and the watched folder, one event per
 //!   line through crashes.
@@ -19,7 +21,7 @@
 //! - [`events`]: event search and delivery status per destination, for the API and the
 //!   console.
 //! - [`access`]: API keys, roles and the open-mode policy; checked by `api::access`.
-//! - [`api`]: the HTTP API (axum); [`error`]: its error format.
+//! - [`api`]: the HTTP API (axum), its error format in `api/error.rs`.
 //! - [`console`]: the web console at `/console`, server-rendered HTML.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`]: builds and runs the whole, with graceful shutdown.
@@ -35,12 +37,12 @@ pub mod console;
 pub mod delivery;
 pub mod destinations;
 pub mod dlq;
-pub mod error;
 pub mod events;
 pub mod files;
 pub mod flow;
 pub mod history;
 pub mod ingest;
 pub mod model;
+pub mod operations;
 pub mod router;
 pub mod telemetry;

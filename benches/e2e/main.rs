@@ -7,6 +7,7 @@
 
 mod access;
 mod broker;
+mod console;
 mod files;
 mod harness;
 mod routing;
@@ -75,6 +76,7 @@ async fn main() {
         access::ingest_with_and_without_key(n(40_000))
     );
     run!("files", files::files(n(1_000_000)));
+    run!("console", console::console(10_000, n(1_000_000)));
     // The old layout runs only when its binary is given (HOOKSTREAM_BENCH_OLD_BIN).
     let old = std::env::var_os("HOOKSTREAM_BENCH_OLD_BIN").is_some();
     for mode in ["routed", "old"] {
@@ -84,8 +86,16 @@ async fn main() {
         for (dests, events) in [(1, 20_000), (100, 20_000), (1000, 20_000), (10_000, 20_000)] {
             run!(
                 &format!("drain_{dests}_{mode}"),
-                scenarios::drain(dests, n(events), mode)
+                scenarios::drain(dests, n(events), mode, false)
             );
+            // Destinations whose consumers exist (busy just before); the old layout's
+            // consumers always exist, so only the routed layout has both.
+            if mode == "routed" && dests >= 1000 {
+                run!(
+                    &format!("drain_{dests}_{mode}_warm"),
+                    scenarios::drain(dests, n(events), mode, true)
+                );
+            }
         }
         run!(&format!("idle_10000_{mode}"), scenarios::idle(10_000, mode));
         run!(

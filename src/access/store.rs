@@ -13,15 +13,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, Entry, Operation, Watch};
+use async_nats::jetstream::kv::{self, Entry, Operation};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::keys::{self, KeyHash, NewKey};
 use super::{Policy, Principal, Role};
+use crate::broker::watch::{BucketWatch, Change, Opened};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind, setup};
 use crate::config::Config;
 use crate::model::TenantId;
@@ -236,46 +236,39 @@ impl KeyStore {
     }
 }
 
-/// Every key in the bucket, and a watch positioned after them.
-async fn load(bucket: &kv::Store) -> Result<(Known, Watch), BrokerError> {
-    let mut status = bucket
-        .status()
-        .await
-        .map_err(|e| BrokerError::new("reading the API keys bucket", e))?;
-    let empty = status.values() == 0;
-    let _ = &mut status;
-    let mut watch = bucket
-        .watch_with_history(">")
-        .await
-        .map_err(|e| BrokerError::new("watching API keys", e))?;
+/// Every key in the bucket, and the watch that goes on after them.
+async fn load(bucket: &kv::Store) -> Result<(Known, BucketWatch), BrokerError> {
+    let (mut watch, opened) = BucketWatch::open(bucket.clone(), "API keys").await?;
+    let known = history(&mut watch, opened).await?;
+    Ok((known, watch))
+}
+
+/// The keys of a watch's history, read until it has caught up (10 s at most).
+async fn history(watch: &mut BucketWatch, mut opened: Opened) -> Result<Known, BrokerError> {
+    let unavailable =
+        |why| BrokerError::with_kind(BrokerErrorKind::Unavailable, "loading API keys", why);
+    // Bounded by the timeout below, not by shutdown.
+    let never = CancellationToken::new();
     let mut known = Known::default();
-    if empty {
-        return Ok((known, watch));
-    }
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
-            Ok(Some(Ok(entry))) => {
+        if opened.empty {
+            return Ok(known);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), watch.next(&never)).await {
+            Ok(Some(Change::Entry(entry))) => {
                 let caught_up = entry.delta == 0;
                 apply(&mut known, entry);
                 if caught_up {
-                    return Ok((known, watch));
+                    return Ok(known);
                 }
             }
-            Ok(Some(Err(e))) => return Err(BrokerError::new("loading API keys", e)),
-            Ok(None) => {
-                return Err(BrokerError::with_kind(
-                    BrokerErrorKind::Unavailable,
-                    "loading API keys",
-                    "the watch ended",
-                ));
+            // Ended and reopened half-way: start over from its new history.
+            Ok(Some(Change::Reopened(again))) => {
+                known = Known::default();
+                opened = again;
             }
-            Err(_) => {
-                return Err(BrokerError::with_kind(
-                    BrokerErrorKind::Unavailable,
-                    "loading API keys",
-                    "no answer within 10 s",
-                ));
-            }
+            Ok(None) => return Err(unavailable("the watch ended")),
+            Err(_) => return Err(unavailable("no answer within 10 s")),
         }
     }
 }
@@ -295,18 +288,14 @@ fn apply(known: &mut Known, entry: Entry) {
 /// Keeps a [`KeyStore`] equal to the bucket. Run it on the app's task tracker.
 pub struct KeyWatch {
     store: KeyStore,
-    watch: Watch,
+    watch: BucketWatch,
 }
 
 impl KeyWatch {
     pub async fn run(mut self, token: CancellationToken) {
-        loop {
-            let next = tokio::select! {
-                _ = token.cancelled() => return,
-                next = self.watch.next() => next,
-            };
-            match next {
-                Some(Ok(entry)) => {
+        while let Some(change) = self.watch.next(&token).await {
+            match change {
+                Change::Entry(entry) => {
                     let id = entry.key.clone();
                     let deleted = entry.operation != Operation::Put;
                     apply(&mut self.store.write(), entry);
@@ -314,28 +303,33 @@ impl KeyWatch {
                         info!(key_id = %id, "API key revoked on this replica");
                     }
                 }
-                Some(Err(e)) => warn!(error = %e, "API key watch error"),
-                None => self.reopen(&token).await,
+                Change::Reopened(opened) => {
+                    if !self.reload(opened, &token).await {
+                        return;
+                    }
+                }
             }
         }
     }
 
-    /// Reloads everything: deletions made while the watch was down are not replayed as
-    /// changes, so the map is rebuilt rather than patched.
-    async fn reopen(&mut self, token: &CancellationToken) {
-        warn!("API key watch ended; reloading the keys");
+    /// Rebuilds the map from the reopened watch's history: deletions made while the
+    /// watch was down are not replayed as changes, so the map is rebuilt rather than
+    /// patched. `false` once cancelled.
+    async fn reload(&mut self, mut opened: Opened, token: &CancellationToken) -> bool {
+        warn!("API key watch reopened; reloading the keys");
         loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            match load(&self.store.0.bucket).await {
-                Ok((known, watch)) => {
+            match history(&mut self.watch, opened).await {
+                Ok(known) => {
                     *self.store.write() = known;
-                    self.watch = watch;
-                    return;
+                    return true;
                 }
-                Err(e) => warn!(error = %e, "API keys not reloaded yet"),
+                Err(e) => {
+                    warn!(error = %e, "API keys not reloaded yet");
+                    match self.watch.reopen(token).await {
+                        Some(again) => opened = again,
+                        None => return false,
+                    }
+                }
             }
         }
     }

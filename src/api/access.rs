@@ -28,9 +28,9 @@ use axum::response::{IntoResponse, Response};
 use tracing::{error, info};
 
 use super::AppState;
+use super::error::ApiError;
 use crate::access::Refusal;
 use crate::access::{Principal, Role};
-use crate::error::ApiError;
 use crate::model::TenantId;
 
 /// The least a route needs.

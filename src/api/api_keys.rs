@@ -12,9 +12,9 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::access::Access;
+use super::error::ApiError;
 use super::json::ApiJson;
 use crate::access::{KeyRecord, Role};
-use crate::error::ApiError;
 use crate::model::TenantId;
 
 pub fn router() -> Router<AppState> {

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::access::Access;
+use super::error::ApiError;
 use super::json::{ApiJson, parse};
 use super::{AppState, Page, bad_request};
-use crate::error::ApiError;
 use crate::ingest::TraceContext;
 use crate::model::{
     Destination, DestinationId, DestinationInput, DestinationPatch, DestinationView,

@@ -15,13 +15,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::Access;
+use super::error::ApiError;
 use super::json::{ApiJson, parse};
 use super::{AppState, bad_request};
 use crate::dlq::purge::{self, PurgeReport, PurgeRequest};
-use crate::dlq::replay::{self, ReplayReport, ReplayRequest, Target};
-use crate::dlq::{Cursor, Order, Selection, StoredDeadLetter, browse};
-use crate::error::ApiError;
-use crate::model::{DestinationId, EventPattern, TenantId};
+use crate::dlq::replay::{self, ReplayReport, ReplayRequest};
+use crate::dlq::{Cursor, DeadLetterFilter, Order, StoredDeadLetter, Target, browse, letter};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,8 +36,8 @@ const DEFAULT_BATCH: usize = 1000;
 /// Ids listed in one replay or purge call at most.
 const MAX_IDS: usize = 1000;
 
-/// One dead letter.
-#[derive(Debug, Serialize, ToSchema)]
+/// One dead letter. Also what `hookstream dlq list` reads.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetterView {
     /// The dead letter's id: its sequence on `HS_DLQ`.
     pub id: u64,
@@ -93,7 +92,7 @@ impl DeadLetterView {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListOrder {
     Oldest,
@@ -101,29 +100,28 @@ pub enum ListOrder {
     Newest,
 }
 
-/// Query of `GET /v1/dlq`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Query of `GET /v1/dlq` (also sent by `hookstream dlq list`).
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    pub tenant: Option<String>,
-    pub destination_id: Option<String>,
-    /// An event type or pattern (`order.created`, `order.*`, `order.>`).
-    pub event_type: Option<String>,
-    /// Dead-lettered at or after (RFC 3339).
-    pub since: Option<DateTime<Utc>>,
-    /// Dead-lettered at or before (RFC 3339).
-    pub until: Option<DateTime<Utc>>,
+    /// Declared in the OpenAPI document by `DeadLetterFilter`'s own parameters.
+    #[serde(flatten)]
+    #[param(ignore)]
+    pub filter: DeadLetterFilter,
     /// `newest` (default) or `oldest` first.
     #[param(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order: Option<ListOrder>,
     /// At most this many (1 to 1000, default 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page (same filters and order).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetterList {
     pub data: Vec<DeadLetterView>,
     /// Null when there is nothing more. A page can be short (even empty) and still have
@@ -131,30 +129,12 @@ pub struct DeadLetterList {
     pub next_cursor: Option<String>,
 }
 
-fn selection(
-    tenant: Option<TenantId>,
-    destination_id: Option<String>,
-    event_type: Option<String>,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-) -> Result<Selection, ApiError> {
-    if let (Some(a), Some(b)) = (since, until)
-        && a > b
-    {
-        return Err(ApiError::Invalid("since is after until".into()));
-    }
-    Ok(Selection {
-        tenant,
-        destination: destination_id
-            .map(DestinationId::parse)
-            .transpose()
-            .map_err(bad_request)?,
-        event_type: event_type
-            .map(EventPattern::parse)
-            .transpose()
-            .map_err(bad_request)?,
-        since,
-        until,
+/// The filter with its tenant held to the key's, checked as a whole.
+fn scoped(access: &Access, filter: DeadLetterFilter) -> Result<DeadLetterFilter, ApiError> {
+    filter.validate()?;
+    Ok(DeadLetterFilter {
+        tenant: access.scope(filter.tenant.clone())?,
+        ..filter
     })
 }
 
@@ -163,7 +143,7 @@ fn cursor(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
 }
 
 /// Dead letters, newest or oldest first, filtered and paged.
-#[utoipa::path(get, path = "/v1/dlq", operation_id = "list_dead_letters", tag = "dead-letters", params(ListQuery),
+#[utoipa::path(get, path = "/v1/dlq", operation_id = "list_dead_letters", tag = "dead-letters", params(DeadLetterFilter, ListQuery),
     responses((status = 200, body = DeadLetterList), (status = 400)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -171,7 +151,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<axum::Json<DeadLetterList>, ApiError> {
     let Query(q) = query.map_err(bad_request)?;
-    let tenant = access.scope_text(q.tenant.as_deref())?;
+    let filter = scoped(&access, q.filter)?;
     let limit = match q.limit {
         None => 100,
         Some(n @ 1..=1000) => n,
@@ -181,10 +161,9 @@ pub async fn list(
         ListOrder::Oldest => Order::Oldest,
         ListOrder::Newest => Order::Newest,
     };
-    let selection = selection(tenant, q.destination_id, q.event_type, q.since, q.until)?;
     let page = browse::list(
         &state.broker,
-        &selection,
+        &filter,
         order,
         cursor(q.cursor.as_deref())?,
         limit,
@@ -224,7 +203,7 @@ async fn owned_letter(
     access: &Access,
     id: u64,
 ) -> Result<StoredDeadLetter, ApiError> {
-    browse::get(&state.broker, id)
+    letter::get(&state.broker, id)
         .await?
         .filter(|l| access.owns(&l.tenant))
         .ok_or_else(|| ApiError::NotFound(format!("dead letter {id} not found")))
@@ -248,22 +227,22 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The selection of a replay or purge: `ids`, or filters (not both).
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// The selection of a replay or purge: `ids`, or filters (not both). Also what
+/// `hookstream dlq purge` sends.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterSelection {
     /// Dead-letter ids (up to 1000). Ids that are not (or no longer) dead letters are
     /// reported in `not_found`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<u64>>,
-    pub tenant: Option<String>,
-    pub destination_id: Option<String>,
-    /// An event type or pattern.
-    pub event_type: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub filter: DeadLetterFilter,
     /// Dead letters handled in this call at most (1 to 10000, default 1000); go on with
     /// `cursor` while the answer has a `next_cursor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// Count what would be done; change nothing.
     #[serde(default)]
@@ -271,20 +250,13 @@ pub struct DeadLetterSelection {
 }
 
 impl DeadLetterSelection {
-    fn has_filter(&self) -> bool {
-        self.tenant.is_some()
-            || self.destination_id.is_some()
-            || self.event_type.is_some()
-            || self.since.is_some()
-            || self.until.is_some()
-    }
-
     /// The target, cursor, limit and dry-run flag, with the tenant held to the key's.
     fn into_parts(
         self,
         access: &Access,
     ) -> Result<(Target, Option<Cursor>, usize, bool), ApiError> {
-        let tenant = access.scope_text(self.tenant.as_deref())?;
+        let has_filter = !self.filter.is_everything();
+        let filter = scoped(access, self.filter)?;
         let limit = match self.limit {
             None => DEFAULT_BATCH,
             Some(n @ 1..=MAX_BATCH) => n,
@@ -293,7 +265,6 @@ impl DeadLetterSelection {
             }
         };
         let cursor = cursor(self.cursor.as_deref())?;
-        let has_filter = self.has_filter();
         let target = match self.ids {
             Some(_) if has_filter => {
                 return Err(ApiError::Invalid(
@@ -311,32 +282,30 @@ impl DeadLetterSelection {
                 ));
             }
             Some(ids) => Target::Ids(ids),
-            None => Target::Filter(selection(
-                tenant,
-                self.destination_id,
-                self.event_type,
-                self.since,
-                self.until,
-            )?),
+            None => Target::Filter(filter),
         };
         Ok((target, cursor, limit, self.dry_run))
     }
 }
 
 /// A replay: a selection (as for a purge) and whether to re-enable disabled destinations.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// Also what `hookstream dlq replay` sends.
+///
+/// The selection's own fields are repeated here instead of a flattened
+/// `DeadLetterSelection`: serde cannot refuse unknown fields through two levels of
+/// `flatten` (the inner one would see, and refuse, `enable_destination`).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
-    /// Dead-letter ids (up to 1000), or filters below; not both.
+    /// Dead-letter ids (up to 1000), or filters; not both.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<u64>>,
-    pub tenant: Option<String>,
-    pub destination_id: Option<String>,
-    /// An event type or pattern.
-    pub event_type: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub filter: DeadLetterFilter,
     /// Dead letters handled in this call at most (1 to 10000, default 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// Count what would be replayed (destinations are checked too); change nothing.
     #[serde(default)]
@@ -347,14 +316,21 @@ pub struct ReplayBody {
 }
 
 impl ReplayBody {
+    pub fn new(selection: DeadLetterSelection, enable_destination: bool) -> Self {
+        Self {
+            ids: selection.ids,
+            filter: selection.filter,
+            limit: selection.limit,
+            cursor: selection.cursor,
+            dry_run: selection.dry_run,
+            enable_destination,
+        }
+    }
+
     fn selection(self) -> DeadLetterSelection {
         DeadLetterSelection {
             ids: self.ids,
-            tenant: self.tenant,
-            destination_id: self.destination_id,
-            event_type: self.event_type,
-            since: self.since,
-            until: self.until,
+            filter: self.filter,
             limit: self.limit,
             cursor: self.cursor,
             dry_run: self.dry_run,
@@ -362,7 +338,7 @@ impl ReplayBody {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SkippedView {
     pub destination_id: String,
     /// `destination_deleted`, `destination_disabled` or `malformed_event`.
@@ -371,7 +347,7 @@ pub struct SkippedView {
     pub message: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayAnswer {
     /// Dead letters selected by this call.
     pub matched: u64,
@@ -399,7 +375,7 @@ impl ReplayAnswer {
                 .into_iter()
                 .map(|s| SkippedView {
                     destination_id: s.destination_id,
-                    code: s.code.to_string(),
+                    code: s.why.code().to_string(),
                     count: s.count,
                     message: s.message,
                 })
@@ -458,7 +434,7 @@ pub async fn replay(
     Ok(axum::Json(ReplayAnswer::new(report, dry_run)))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PurgeAnswer {
     pub matched: u64,
     /// Removed (0 on a dry run).
@@ -489,7 +465,7 @@ pub async fn purge(
     body: Bytes,
 ) -> Result<axum::Json<PurgeAnswer>, ApiError> {
     let request: DeadLetterSelection = optional_body(&body)?;
-    if request.ids.is_none() && !request.has_filter() {
+    if request.ids.is_none() && request.filter.is_everything() {
         return Err(ApiError::Invalid(
             "a purge needs ids or at least one filter (tenant, destination_id, event_type, \
              since, until)"
@@ -516,4 +492,57 @@ pub async fn purge(
         );
     }
     Ok(axum::Json(PurgeAnswer::new(report, dry_run)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattened_filters_still_refuse_unknown_fields() {
+        let query: ListQuery = serde_urlencoded::from_str(
+            "tenant=acme&limit=5&order=oldest&since=2026-01-01T00:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            query.filter.tenant.as_ref().map(|t| t.as_str()),
+            Some("acme")
+        );
+        assert_eq!(query.limit, Some(5));
+        assert!(serde_urlencoded::from_str::<ListQuery>("colour=red").is_err());
+        assert!(serde_urlencoded::from_str::<ListQuery>("destination_id=no%20spaces").is_err());
+        let replay: ReplayBody =
+            serde_json::from_str(r#"{"destination_id":"d1","enable_destination":true}"#).unwrap();
+        assert!(replay.enable_destination);
+        assert!(serde_json::from_str::<ReplayBody>(r#"{"colour":"red"}"#).is_err());
+        assert!(
+            serde_json::from_str::<DeadLetterSelection>(r#"{"enable_destination":true}"#).is_err(),
+            "a purge has no enable_destination"
+        );
+    }
+
+    #[test]
+    fn the_listing_declares_every_filter_as_a_query_parameter() {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(crate::api::openapi::ApiDoc::openapi()).unwrap();
+        let params = doc["paths"]["/v1/dlq"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        for name in [
+            "tenant",
+            "destination_id",
+            "event_type",
+            "since",
+            "until",
+            "order",
+            "limit",
+            "cursor",
+        ] {
+            assert!(params.iter().any(|p| p == name), "{name} in {params:?}");
+        }
+        assert!(!params.iter().any(|p| p == "filter"), "{params:?}");
+    }
 }

@@ -1,25 +1,22 @@
 //! `/v1/events`: ingest (one or a batch), an event with its delivery status, its attempts.
 
-use std::collections::BTreeMap;
-
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::Access;
+use super::error::ApiError;
 use super::json::{ApiJson, parse};
 use super::{AppState, bad_request};
-use crate::error::ApiError;
 use crate::events::{self, Deliveries, Delivery, EventSummary};
 use crate::history;
-use crate::ingest::{Accepted, TraceContext, Turn};
+use crate::ingest::{Accepted, BatchItemError, TraceContext};
 use crate::model::{
     AttemptRecord, DeliveryStatus, DestinationId, EventId, EventPattern, NewEvent, TenantId,
 };
@@ -141,67 +138,30 @@ pub async fn post_batch(
     headers: HeaderMap,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    let max = state.cfg.events.max_batch;
-    if batch.events.is_empty() || batch.events.len() > max {
-        return Err(ApiError::Invalid(format!(
-            "a batch holds 1 to {max} events"
-        )));
-    }
     let key = idempotency_key(&headers)?;
-    let trace = trace_context(&headers);
-    // Each item publishes after the one before it: the batch is stored in its order (an
-    // ordered destination then gets it in that order), while checks and acks overlap.
-    let turns = Turn::chain(batch.events.len());
-    let outcomes: Vec<Result<Accepted, ApiError>> =
-        futures::stream::iter(batch.events.into_iter().zip(turns).enumerate())
-            .map(|(i, (raw, turn))| {
-                let state = state.clone();
-                let access = access.clone();
-                let trace = trace.clone();
-                // A batch-level key makes each item's key `<key>/<index>`.
-                let item_key = key.as_ref().map(|k| format!("{k}/{i}"));
-                async move {
-                    let mut event: NewEvent = parse(raw.get().as_bytes())?;
-                    event.tenant = access.scope(event.tenant.take())?;
-                    Ok(state
-                        .ingestor
-                        .ingest_in_turn(event, item_key.as_deref(), &trace, turn)
-                        .await?)
-                }
-            })
-            // Many publishes in flight at once; results keep the request's order.
-            .buffered(128)
-            .collect()
-            .await;
-    let outcomes = refuse_whole_batch_if_nothing_stored(outcomes)?;
+    let outcomes = state
+        .ingestor
+        .ingest_batch(
+            batch.events,
+            state.cfg.events.max_batch,
+            key.as_deref(),
+            &trace_context(&headers),
+            |raw| -> Result<NewEvent, ApiError> {
+                let mut event: NewEvent = parse(raw.get().as_bytes())?;
+                event.tenant = access.scope(event.tenant.take())?;
+                Ok(event)
+            },
+        )
+        .await?;
     let results: Vec<BatchItem> = outcomes.into_iter().map(batch_item).collect();
     Ok((StatusCode::OK, axum::Json(BatchAnswer { results })).into_response())
 }
 
-/// When NATS is down or the stream full and no item was stored, the batch as a whole
-/// answers that 503 (with `Retry-After`): a client retries it whole, as it would a single
-/// event, instead of finding a 200 whose every item failed.
-fn refuse_whole_batch_if_nothing_stored(
-    mut outcomes: Vec<Result<Accepted, ApiError>>,
-) -> Result<Vec<Result<Accepted, ApiError>>, ApiError> {
-    if outcomes.iter().any(Result::is_ok) {
-        return Ok(outcomes);
-    }
-    let broker_refused = outcomes.iter().position(|o| {
-        matches!(
-            o,
-            Err(ApiError::Unavailable(_)) | Err(ApiError::StreamFull(_))
-        )
+fn batch_item(outcome: Result<Accepted, BatchItemError<ApiError>>) -> BatchItem {
+    let outcome = outcome.map_err(|e| match e {
+        BatchItemError::Refused(e) => e,
+        BatchItemError::Ingest(e) => ApiError::from(e),
     });
-    match broker_refused {
-        Some(i) => Err(outcomes
-            .swap_remove(i)
-            .expect_err("position matched an Err")),
-        None => Ok(outcomes),
-    }
-}
-
-fn batch_item(outcome: Result<Accepted, ApiError>) -> BatchItem {
     match outcome {
         Ok(a) => BatchItem {
             status: if a.duplicate { 200 } else { 202 },
@@ -264,16 +224,16 @@ pub async fn get_event(
     Path(id): Path<String>,
 ) -> Result<axum::Json<EventView>, ApiError> {
     let id = event_id(&id)?;
-    let stored = owned_event(&state, &access, &id).await?;
-    let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
-    let event = history::event_ref(&stored, id.as_str());
-    let deliveries = deliveries(&state).of_event(&event, attempts).await?;
+    let detail = deliveries(&state)
+        .event(&id, |tenant| access.owns(tenant))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} not found")))?;
     Ok(axum::Json(EventView {
         id: id.to_string(),
-        tenant: stored.tenant,
-        stream_seq: stored.seq,
-        event: stored.envelope,
-        deliveries,
+        tenant: detail.stored.tenant,
+        stream_seq: detail.stored.seq,
+        event: detail.stored.envelope,
+        deliveries: detail.deliveries,
     }))
 }
 
@@ -400,16 +360,10 @@ pub async fn get_attempts(
 ) -> Result<axum::Json<AttemptsView>, ApiError> {
     let id = event_id(&id)?;
     let stored = owned_event(&state, &access, &id).await?;
-    let mut per_destination: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
-    for a in history::attempts_of(&state.broker, &stored.tenant, &id).await? {
-        per_destination
-            .entry(a.destination_id.clone())
-            .or_default()
-            .push(a);
-    }
+    let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
     Ok(axum::Json(AttemptsView {
         event_id: id.to_string(),
-        destinations: per_destination
+        destinations: history::by_destination(&attempts)
             .into_iter()
             .map(|(destination_id, attempts)| DestinationAttempts {
                 destination_id,

@@ -6,6 +6,7 @@ pub mod access;
 pub mod api_keys;
 pub mod destinations;
 pub mod dlq;
+pub mod error;
 pub mod events;
 pub mod health;
 pub mod json;
@@ -16,7 +17,6 @@ pub mod uploads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -26,11 +26,11 @@ use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 
+use self::error::ApiError;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::destinations::DestinationStore;
 use crate::destinations::Registry;
-use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::telemetry::metrics as m;
 
@@ -47,7 +47,7 @@ pub struct AppState {
     pub worker_ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
     /// The console's throughput samples.
-    pub console: Arc<crate::console::throughput::Samples>,
+    pub console: Arc<crate::telemetry::throughput::Samples>,
     /// Every valid API key, checked by `access::guard`.
     pub keys: crate::access::KeyStore,
     /// Uploads and folder files (`src/files/`).
@@ -60,10 +60,12 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API's routes, with `front` (the console, which builds on the API's state and
+/// access check) served behind the same layers.
+pub fn router(state: AppState, front: Router<AppState>) -> Router {
     let body_limit = state.cfg.api.body_limit_bytes;
-    let timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
-    let retry_after = state.cfg.api.retry_after_secs.max(1);
+    let timeout = state.cfg.api.request_timeout;
+    let retry_after = state.cfg.api.retry_after.as_secs().max(1);
     let timed = Router::new()
         .merge(events::router())
         .merge(destinations::router())
@@ -71,7 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stats::router())
         .merge(health::router())
         .merge(openapi::router())
-        .merge(crate::console::router())
+        .merge(front)
         .merge(api_keys::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

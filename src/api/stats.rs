@@ -1,40 +1,21 @@
 //! `/v1/stats`: per destination, the delivery counters summed across replicas and the
-//! consumer's backlog.
+//! consumer's backlog. The figures are read in `delivery/stats.rs`; this file pages the
+//! destinations and maps the answer.
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use futures::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::access::Access;
+use super::error::ApiError;
 use super::{AppState, Page, bad_request};
-use crate::delivery::stats::read_totals;
-use crate::error::ApiError;
-use crate::model::circuit::CircuitView;
+use crate::delivery::stats::{DestinationStats, of_destinations};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/stats", get(stats))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DestinationStats {
-    pub destination_id: String,
-    pub tenant: String,
-    pub delivered: u64,
-    pub failed_attempts: u64,
-    pub dead_lettered: u64,
-    /// Handed out and not finished: in flight, or waiting for the next attempt.
-    pub retrying: u64,
-    /// Events not yet handed out to a worker.
-    pub pending: u64,
-    /// `pending + retrying`.
-    pub backlog: u64,
-    pub enabled: bool,
-    pub paused: bool,
-    pub circuit: CircuitView,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -56,29 +37,6 @@ pub async fn stats(
         .destinations
         .list(tenant.as_ref(), page.cursor.as_deref(), page.limit()?)
         .await?;
-    let data = futures::stream::iter(destinations)
-        .map(|d| {
-            let state = state.clone();
-            async move {
-                let [delivered, failed, dead] = read_totals(&state.broker, d.id.as_str()).await;
-                let (pending, retrying) = state.broker.destination_backlog(d.id.as_str()).await;
-                DestinationStats {
-                    destination_id: d.id.to_string(),
-                    tenant: d.tenant.to_string(),
-                    delivered,
-                    failed_attempts: failed,
-                    dead_lettered: dead,
-                    retrying,
-                    pending,
-                    backlog: pending + retrying,
-                    enabled: d.enabled,
-                    paused: d.paused,
-                    circuit: state.flow.circuits.view(d.id.as_str()),
-                }
-            }
-        })
-        .buffered(16)
-        .collect()
-        .await;
+    let data = of_destinations(&state.broker, &state.flow, destinations).await;
     Ok(axum::Json(StatsList { data, next_cursor }))
 }

@@ -3,8 +3,6 @@
 //! (`ingest.upload_max_bytes`) and timeout (`ingest.upload_timeout_ms`) instead of the
 //! API's; the answer comes once the file is stored, and its ingest runs in the workers.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
@@ -18,9 +16,9 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::Access;
+use super::error::ApiError;
 use super::{AppState, bad_request};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::files::{FileRecord, Format, Origin, RejectedLine, Status, UploadRequest};
 use crate::model::{EventType, TenantId};
 
@@ -31,7 +29,7 @@ pub fn router(cfg: &Config) -> Router<AppState> {
         .route("/v1/uploads/{id}/errors", get(errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(cfg.ingest.upload_timeout_ms),
+            cfg.ingest.upload_timeout,
         ))
         // The size limit is ingest.upload_max_bytes, counted while the file streams.
         .layer(DefaultBodyLimit::disable())
@@ -55,7 +53,8 @@ pub struct UploadQuery {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// Also what `hookstream upload` reads.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UploadAccepted {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,13 +248,13 @@ pub async fn create(
     Ok(accepted(&access, uploaded))
 }
 
-/// An upload (or folder file) and its progress.
-#[derive(Debug, Serialize, ToSchema)]
+/// An upload (or folder file) and its progress. Also what `hookstream upload` follows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UploadView {
     pub id: String,
     pub tenant: String,
     /// `upload` or `folder`.
-    pub source: &'static str,
+    pub source: String,
     pub name: Option<String>,
     #[schema(value_type = String)]
     pub format: Format,
@@ -281,7 +280,8 @@ impl From<FileRecord> for UploadView {
             source: match r.origin {
                 Origin::Upload { .. } => "upload",
                 Origin::Folder { .. } => "folder",
-            },
+            }
+            .to_string(),
             id: r.id,
             tenant: r.tenant,
             name: r.name,
@@ -303,7 +303,9 @@ impl From<FileRecord> for UploadView {
 }
 
 /// The upload, if it is this key's to see: another tenant's is as unknown as a missing one.
-async fn find(state: &AppState, access: &Access, id: &str) -> Result<FileRecord, ApiError> {
+/// The upload `id` if `access` may see it (another tenant's: 404, as an unknown id).
+/// The console's upload pages check through this too.
+pub async fn find(state: &AppState, access: &Access, id: &str) -> Result<FileRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("upload {id} not found"));
     if !id.starts_with("upl_")
         || id.len() > 64
@@ -345,25 +347,38 @@ pub async fn list(
     let Query(page) = query.map_err(bad_request)?;
     let limit = page.limit()?;
     let tenant = access.scope_text(page.tenant.as_deref())?;
-    let all = state.files.list();
-    let mut rows = all
+    let (records, next_cursor) = page_of(&state, tenant.as_ref(), page.cursor.as_deref(), limit);
+    Ok(axum::Json(UploadList {
+        uploads: records.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of uploads (of `tenant`, already scoped by the caller's access), after
+/// `cursor` (the last id of the previous page), and the next page's cursor.
+pub fn page_of(
+    state: &AppState,
+    tenant: Option<&TenantId>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> (Vec<FileRecord>, Option<String>) {
+    let mut rows = state
+        .files
+        .list()
         .into_iter()
-        .filter(|r| tenant.as_ref().is_none_or(|t| r.tenant == t.as_str()))
-        .skip_while(|r| page.cursor.as_ref().is_some_and(|c| *c != r.id));
-    if page.cursor.is_some() {
+        .filter(|r| tenant.is_none_or(|t| r.tenant == t.as_str()))
+        .skip_while(|r| cursor.is_some_and(|c| c != r.id));
+    if cursor.is_some() {
         // The cursor is the last item of the previous page.
         rows.next();
     }
-    let uploads: Vec<UploadView> = rows.by_ref().take(limit).map(Into::into).collect();
+    let records: Vec<FileRecord> = rows.by_ref().take(limit).collect();
     let next_cursor = if rows.next().is_some() {
-        uploads.last().map(|u| u.id.clone())
+        records.last().map(|r| r.id.clone())
     } else {
         None
     };
-    Ok(axum::Json(UploadList {
-        uploads,
-        next_cursor,
-    }))
+    (records, next_cursor)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod names;
 pub mod pull;
 pub mod setup;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

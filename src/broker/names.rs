@@ -89,6 +89,14 @@ pub mod headers {
     pub const INCR: &str = "Nats-Incr";
     /// On a delivery message (`HS_DLV_<k>`): the event's sequence on `HS_EVENTS`.
     pub const EVENT_SEQ: &str = "Hs-Event-Seq";
+    /// On an event the HTTP API accepted: the API writes its `hs_idempotency` record
+    /// itself, so the router does not write it again (a third of the router's publishes
+    /// at fan-out 1). Dropped when a message is copied (dead letter, replay, resend).
+    pub const RECORDED: &str = "Hs-Recorded";
+    /// Headers that belong to one stored message and never travel with a copy of it.
+    pub fn is_copy_local(name: &str) -> bool {
+        name.eq_ignore_ascii_case(EVENT_SEQ) || name.eq_ignore_ascii_case(RECORDED)
+    }
 }
 
 /// Subject names under the configured prefix (`hs` by default).

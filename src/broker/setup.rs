@@ -20,12 +20,12 @@ pub fn events_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
         subjects: subjects.events_wildcards(),
         retention: RetentionPolicy::Limits,
         storage: StorageType::File,
-        max_age: Duration::from_secs(cfg.events.max_age_secs),
+        max_age: cfg.events.max_age,
         max_bytes: cfg.events.max_bytes,
         // Full means full: a publish is refused (the API answers 503), never an accepted
         // event silently dropped to make room.
         discard: DiscardPolicy::New,
-        duplicate_window: Duration::from_secs(cfg.events.duplicate_window_secs),
+        duplicate_window: cfg.events.duplicate_window,
         // nats-server replaces -1 with 1,000, which would cap the number of destinations.
         max_consumers: cfg.events.max_consumers,
         num_replicas: cfg.nats.replicas,
@@ -40,12 +40,12 @@ pub fn dlq_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
         description: Some("hookstream: dead letters, one per (event, destination)".into()),
         subjects: vec![subjects.dlq_wildcard()],
         storage: StorageType::File,
-        max_age: Duration::from_secs(cfg.dlq.max_age_secs),
+        max_age: cfg.dlq.max_age,
         max_bytes: cfg.dlq.max_bytes,
         // A full DLQ refuses the dead letter; the worker keeps the original unacked and
         // tries again, so nothing is lost to make room.
         discard: DiscardPolicy::New,
-        duplicate_window: Duration::from_secs(cfg.events.duplicate_window_secs),
+        duplicate_window: cfg.events.duplicate_window,
         num_replicas: cfg.nats.replicas,
         allow_direct: true,
         ..Default::default()
@@ -58,7 +58,7 @@ pub fn attempts_stream(cfg: &Config, subjects: &Subjects) -> stream::Config {
         description: Some("hookstream: one record per delivery attempt".into()),
         subjects: vec![subjects.attempts_wildcard()],
         storage: StorageType::File,
-        max_age: Duration::from_secs(cfg.attempts.max_age_secs),
+        max_age: cfg.attempts.max_age,
         max_bytes: cfg.attempts.max_bytes,
         // History: the oldest records make room for new ones.
         discard: DiscardPolicy::Old,
@@ -100,7 +100,7 @@ pub fn idempotency_bucket(cfg: &Config) -> kv::Config {
         bucket: names::IDEMPOTENCY_BUCKET.into(),
         description: "hookstream: accepted event ids (Idempotency-Key)".into(),
         history: 1,
-        max_age: Duration::from_secs(cfg.idempotency.ttl_secs),
+        max_age: cfg.idempotency.ttl,
         max_value_size: 1024,
         storage: StorageType::File,
         num_replicas: cfg.nats.replicas,
@@ -161,7 +161,7 @@ pub fn files_bucket(cfg: &Config) -> kv::Config {
         bucket: names::FILES_BUCKET.into(),
         description: "hookstream: files ingested and their progress".into(),
         history: 1,
-        max_age: Duration::from_secs(cfg.ingest.files_retention_secs),
+        max_age: cfg.ingest.files_retention,
         max_value_size: 1024 * 1024,
         storage: StorageType::File,
         num_replicas: cfg.nats.replicas,
@@ -345,11 +345,19 @@ pub fn delivery_stream(cfg: &Config, subjects: &Subjects, shard: u32) -> stream:
         retention: RetentionPolicy::WorkQueue,
         storage: StorageType::File,
         // A delivery lives no longer than its event would on HS_EVENTS.
-        max_age: Duration::from_secs(cfg.events.max_age_secs),
+        max_age: cfg.events.max_age,
         max_bytes: cfg.events.delivery_max_bytes,
         // Full means full: the router keeps the event and tries again.
         discard: DiscardPolicy::New,
-        duplicate_window: Duration::from_secs(cfg.events.duplicate_window_secs),
+        // One destination's backlog cannot fill the shard: past its limit the server
+        // refuses that destination's new deliveries only (the router dead-letters them,
+        // `backlog_full`), and routing goes on for the others.
+        max_messages_per_subject: match cfg.events.delivery_max_per_destination {
+            0 => -1,
+            n => n,
+        },
+        discard_new_per_subject: cfg.events.delivery_max_per_destination > 0,
+        duplicate_window: cfg.events.duplicate_window,
         max_consumers: cfg.events.max_consumers,
         num_replicas: cfg.nats.replicas,
         allow_direct: true,

@@ -10,38 +10,18 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0} is not a valid URL: {1}")]
-    Url(String, url::ParseError),
-    #[error("could not reach the service at {url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the service answered {status} ({code}): {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("the service answered something that is not JSON: {0}")]
-    Answer(String),
-    #[error("{0}")]
-    Usage(String),
-    #[error("writing the output: {0}")]
-    Output(#[from] std::io::Error),
-    #[error("the API key (--api-key, HOOKSTREAM_API_KEY) holds characters a header cannot carry")]
-    ApiKey,
-}
+use super::api::{Api, CliError};
+use crate::api::dlq::{
+    DeadLetterList, DeadLetterSelection, DeadLetterView, ListOrder, ListQuery, PurgeAnswer,
+    ReplayAnswer, ReplayBody,
+};
+use crate::dlq::DeadLetterFilter;
 
 #[derive(Debug, Args)]
 pub struct DlqArgs {
@@ -76,50 +56,10 @@ pub enum DlqCommand {
     Purge(PurgeArgs),
 }
 
-#[derive(Debug, Args, Clone, Default)]
-pub struct FilterArgs {
-    /// Only this tenant's dead letters.
-    #[arg(long)]
-    pub tenant: Option<String>,
-    /// Only this destination's dead letters.
-    #[arg(long = "destination")]
-    pub destination_id: Option<String>,
-    /// Only this event type, or pattern (`order.*`, `order.>`).
-    #[arg(long = "type")]
-    pub event_type: Option<String>,
-    /// Dead-lettered at or after this time (RFC 3339, e.g. 2026-01-31T08:00:00Z).
-    #[arg(long)]
-    pub since: Option<DateTime<Utc>>,
-    /// Dead-lettered at or before this time (RFC 3339).
-    #[arg(long)]
-    pub until: Option<DateTime<Utc>>,
-}
-
-impl FilterArgs {
-    fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let mut add = |name, value: Option<String>| {
-            if let Some(v) = value {
-                out.push((name, v));
-            }
-        };
-        add("tenant", self.tenant.clone());
-        add("destination_id", self.destination_id.clone());
-        add("event_type", self.event_type.clone());
-        add("since", self.since.map(|t| t.to_rfc3339()));
-        add("until", self.until.map(|t| t.to_rfc3339()));
-        out
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pairs().is_empty()
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub filter: DeadLetterFilter,
     /// Oldest first instead.
     #[arg(long)]
     pub oldest_first: bool,
@@ -134,7 +74,7 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub filter: DeadLetterFilter,
     /// Dead-letter ids instead of filters (repeat, or separate with commas).
     #[arg(long = "id", value_delimiter = ',', conflicts_with_all = ["tenant", "destination_id", "event_type", "since", "until"])]
     pub ids: Vec<u64>,
@@ -152,7 +92,7 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub filter: DeadLetterFilter,
     /// Dead-letter ids instead of filters (repeat, or separate with commas).
     #[arg(long = "id", value_delimiter = ',', conflicts_with_all = ["tenant", "destination_id", "event_type", "since", "until"])]
     pub ids: Vec<u64>,
@@ -190,31 +130,27 @@ async fn list(api: &Api, args: ListArgs, out: &mut impl Write) -> Result<(), Cli
         )?;
     }
     while shown < args.limit {
-        let mut query = args.filter.pairs();
-        query.push(("limit", (args.limit - shown).min(1000).to_string()));
-        query.push((
-            "order",
-            if args.oldest_first {
-                "oldest"
+        let query = ListQuery {
+            filter: args.filter.clone(),
+            order: Some(if args.oldest_first {
+                ListOrder::Oldest
             } else {
-                "newest"
-            }
-            .to_string(),
-        ));
-        if let Some(c) = &cursor {
-            query.push(("cursor", c.clone()));
-        }
-        let page = api.get("/v1/dlq", &query).await?;
-        for letter in page["data"].as_array().into_iter().flatten() {
+                ListOrder::Newest
+            }),
+            limit: Some((args.limit - shown).min(1000)),
+            cursor: cursor.take(),
+        };
+        let page: DeadLetterList = api.get("/v1/dlq", &query).await?;
+        for letter in &page.data {
             shown += 1;
             if args.json {
-                writeln!(out, "{letter}")?;
+                writeln!(out, "{}", serde_json::to_string(letter).unwrap_or_default())?;
             } else {
                 writeln!(out, "{}", row(letter))?;
             }
         }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
@@ -224,56 +160,70 @@ async fn list(api: &Api, args: ListArgs, out: &mut impl Write) -> Result<(), Cli
     Ok(())
 }
 
-fn row(letter: &Value) -> String {
-    let text = |name: &str| match &letter[name] {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    let last = match (&letter["last_status"], letter["last_error"].as_str()) {
-        (Value::Number(n), _) => format!("HTTP {n}"),
+fn row(letter: &DeadLetterView) -> String {
+    let text = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
+    let last = match (letter.last_status, &letter.last_error) {
+        (Some(n), _) => format!("HTTP {n}"),
         (_, Some(e)) => e.chars().take(60).collect(),
         _ => "-".to_string(),
     };
     format!(
         "{:>8}  {:<25}  {:<12}  {:<24}  {:<28}  {:<20}  {:<15}  {:>3}  {last}",
-        text("id"),
-        text("dead_lettered_at")
+        letter.id,
+        letter
+            .dead_lettered_at
+            .to_rfc3339()
             .chars()
             .take(25)
             .collect::<String>(),
-        text("tenant"),
-        text("destination_id"),
-        text("event_id"),
-        text("event_type"),
-        text("reason"),
-        text("attempts"),
+        letter.tenant,
+        letter.destination_id,
+        text(letter.event_id.clone()),
+        text(letter.event_type.clone()),
+        text(letter.reason.clone()),
+        text(letter.attempts.map(|a| a.to_string())),
     )
 }
 
-/// One request body per page: the ids of this chunk, or the filters and the cursor.
-fn body(
-    filter: &FilterArgs,
+/// One request's selection: the ids of this chunk, or the filter and the cursor.
+fn selection(
+    filter: &DeadLetterFilter,
     ids: Option<&[u64]>,
-    cursor: Option<&str>,
+    cursor: Option<String>,
     limit: u64,
-) -> Map<String, Value> {
-    let mut body = Map::new();
+    dry_run: bool,
+) -> DeadLetterSelection {
     match ids {
-        Some(ids) => {
-            body.insert("ids".into(), json!(ids));
-        }
-        None => {
-            for (name, value) in filter.pairs() {
-                body.insert(name.into(), Value::String(value));
-            }
-            if let Some(c) = cursor {
-                body.insert("cursor".into(), json!(c));
-            }
-            body.insert("limit".into(), json!(limit));
-        }
+        Some(ids) => DeadLetterSelection {
+            ids: Some(ids.to_vec()),
+            dry_run,
+            ..Default::default()
+        },
+        None => DeadLetterSelection {
+            ids: None,
+            filter: filter.clone(),
+            limit: Some(limit as usize),
+            cursor,
+            dry_run,
+        },
     }
-    body
+}
+
+/// The answers of a replay or purge, one per page.
+trait PageAnswer: DeserializeOwned {
+    fn next_cursor(&self) -> Option<&str>;
+}
+
+impl PageAnswer for ReplayAnswer {
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
+}
+
+impl PageAnswer for PurgeAnswer {
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
 }
 
 /// Totals over the pages of a replay or purge.
@@ -288,23 +238,24 @@ struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, answer: &Value, done_field: &str) {
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        self.matched += n(&answer["matched"]);
-        self.done += n(&answer[done_field]);
-        self.already += n(&answer["already_replayed"]);
-        self.not_found += answer["not_found"].as_array().map_or(0, |a| a.len() as u64);
-        for s in answer["skipped"].as_array().into_iter().flatten() {
-            let key = (
-                s["destination_id"].as_str().unwrap_or("").to_string(),
-                s["code"].as_str().unwrap_or("").to_string(),
-            );
+    fn add_replay(&mut self, answer: &ReplayAnswer) {
+        self.matched += answer.matched;
+        self.done += answer.replayed;
+        self.already += answer.already_replayed;
+        self.not_found += answer.not_found.len() as u64;
+        for s in &answer.skipped {
             let entry = self
                 .skipped
-                .entry(key)
-                .or_insert((0, s["message"].as_str().unwrap_or("").to_string()));
-            entry.0 += n(&s["count"]);
+                .entry((s.destination_id.clone(), s.code.clone()))
+                .or_insert((0, s.message.clone()));
+            entry.0 += s.count;
         }
+    }
+
+    fn add_purge(&mut self, answer: &PurgeAnswer) {
+        self.matched += answer.matched;
+        self.done += answer.purged;
+        self.not_found += answer.not_found.len() as u64;
     }
 
     fn report_skipped(&self, out: &mut impl Write) -> Result<(), CliError> {
@@ -325,32 +276,43 @@ impl Totals {
     }
 }
 
-/// Runs `path` over the whole selection, a page at a time; `on_page` sees each answer.
-async fn paged(
+/// What a replay or purge goes over, and how.
+struct Pages<'a> {
+    filter: &'a DeadLetterFilter,
+    ids: &'a [u64],
+    page_size: u64,
+    dry_run: bool,
+}
+
+/// Runs `path` over the whole selection, a page at a time: `body` makes each request
+/// from its selection, `on_page` sees each answer.
+async fn paged<B: Serialize, A: PageAnswer>(
     api: &Api,
     path: &str,
-    filter: &FilterArgs,
-    ids: &[u64],
-    page_size: u64,
-    extra: &Map<String, Value>,
-    mut on_page: impl FnMut(&Value),
+    Pages {
+        filter,
+        ids,
+        page_size,
+        dry_run,
+    }: Pages<'_>,
+    body: impl Fn(DeadLetterSelection) -> B,
+    mut on_page: impl FnMut(&A),
 ) -> Result<(), CliError> {
-    let mut send = async |mut body: Map<String, Value>| -> Result<Value, CliError> {
-        body.extend(extra.clone());
-        let answer = api.post(path, &Value::Object(body)).await?;
+    let mut send = async |selection: DeadLetterSelection| -> Result<A, CliError> {
+        let answer: A = api.post(path, &body(selection)).await?;
         on_page(&answer);
         Ok(answer)
     };
     if !ids.is_empty() {
         for chunk in ids.chunks(IDS_PER_REQUEST) {
-            send(body(filter, Some(chunk), None, page_size)).await?;
+            send(selection(filter, Some(chunk), None, page_size, dry_run)).await?;
         }
         return Ok(());
     }
     let mut cursor: Option<String> = None;
     loop {
-        let answer = send(body(filter, None, cursor.as_deref(), page_size)).await?;
-        match answer["next_cursor"].as_str() {
+        let answer = send(selection(filter, None, cursor.take(), page_size, dry_run)).await?;
+        match answer.next_cursor() {
             Some(c) => cursor = Some(c.to_string()),
             None => return Ok(()),
         }
@@ -358,22 +320,20 @@ async fn paged(
 }
 
 async fn replay(api: &Api, args: ReplayArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let mut extra = Map::new();
-    if args.enable_destination {
-        extra.insert("enable_destination".into(), json!(true));
-    }
+    let body = |selection| ReplayBody::new(selection, args.enable_destination);
     // Count first (and learn about refused destinations before anything is sent).
     let mut counted = Totals::default();
-    let mut dry = extra.clone();
-    dry.insert("dry_run".into(), json!(true));
     paged(
         api,
         "/v1/dlq/replay",
-        &args.filter,
-        &args.ids,
-        COUNT_PAGE,
-        &dry,
-        |a| counted.add(a, "replayed"),
+        Pages {
+            filter: &args.filter,
+            ids: &args.ids,
+            page_size: COUNT_PAGE,
+            dry_run: true,
+        },
+        body,
+        |a: &ReplayAnswer| counted.add_replay(a),
     )
     .await?;
     let would = counted.matched - counted.skipped.values().map(|(n, _)| n).sum::<u64>();
@@ -387,12 +347,15 @@ async fn replay(api: &Api, args: ReplayArgs, out: &mut impl Write) -> Result<(),
     let result = paged(
         api,
         "/v1/dlq/replay",
-        &args.filter,
-        &args.ids,
-        args.page_size,
-        &extra,
-        |a| {
-            totals.add(a, "replayed");
+        Pages {
+            filter: &args.filter,
+            ids: &args.ids,
+            page_size: args.page_size,
+            dry_run: false,
+        },
+        body,
+        |a: &ReplayAnswer| {
+            totals.add_replay(a);
             bar.set_length(bar.length().unwrap_or(0).max(totals.matched));
             bar.set_position(totals.matched);
         },
@@ -413,27 +376,26 @@ async fn replay(api: &Api, args: ReplayArgs, out: &mut impl Write) -> Result<(),
 }
 
 async fn purge(api: &Api, args: PurgeArgs, out: &mut impl Write) -> Result<(), CliError> {
-    if args.ids.is_empty() && args.filter.is_empty() {
+    if args.ids.is_empty() && args.filter.is_everything() {
         return Err(CliError::Usage(
             "purge needs --id or at least one of --tenant, --destination, --type, --since, --until"
                 .into(),
         ));
-    }
-    let mut extra = Map::new();
-    if args.dry_run {
-        extra.insert("dry_run".into(), json!(true));
     }
     let bar = progress_bar(0, "purging");
     let mut totals = Totals::default();
     let result = paged(
         api,
         "/v1/dlq/purge",
-        &args.filter,
-        &args.ids,
-        args.page_size,
-        &extra,
-        |a| {
-            totals.add(a, "purged");
+        Pages {
+            filter: &args.filter,
+            ids: &args.ids,
+            page_size: args.page_size,
+            dry_run: args.dry_run,
+        },
+        |selection| selection,
+        |a: &PurgeAnswer| {
+            totals.add_purge(a);
             bar.set_length(totals.matched);
             bar.set_position(totals.matched);
         },
@@ -466,126 +428,73 @@ fn progress_bar(length: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// The service's HTTP API, answers parsed as JSON and errors in the API's format.
-/// Shared with `hookstream upload`.
-pub(crate) struct Api {
-    base: url::Url,
-    pub(crate) client: reqwest::Client,
-}
-
-impl Api {
-    pub(crate) fn new(base: &str, api_key: Option<&str>) -> Result<Self, CliError> {
-        let parsed = url::Url::parse(base).map_err(|e| CliError::Url(base.to_string(), e))?;
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(key) = api_key.map(str::trim).filter(|k| !k.is_empty()) {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| CliError::ApiKey)?;
-            // Kept out of reqwest's debug output.
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            // A page of 10,000 dead letters takes seconds; the service's own request
-            // timeout (api.request_timeout_ms) answers 503 before this.
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|source| CliError::Http {
-                url: base.to_string(),
-                source,
-            })?;
-        Ok(Self {
-            base: parsed,
-            client,
-        })
-    }
-
-    pub(crate) fn url(&self, path: &str, query: &[(&str, String)]) -> Result<url::Url, CliError> {
-        let mut url = self
-            .base
-            .join(path)
-            .map_err(|e| CliError::Url(path.to_string(), e))?;
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
-        }
-        Ok(url)
-    }
-
-    pub(crate) async fn get(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<Value, CliError> {
-        let url = self.url(path, query)?;
-        self.send(self.client.get(url.clone()), &url).await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        let url = self.url(path, &[])?;
-        let request = self
-            .client
-            .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-        self.send(request, &url).await
-    }
-
-    pub(crate) async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-        url: &url::Url,
-    ) -> Result<Value, CliError> {
-        let http = |source| CliError::Http {
-            url: url.to_string(),
-            source,
-        };
-        let response = request.send().await.map_err(http)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(http)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| CliError::Answer(String::from_utf8_lossy(&bytes).into_owned()))?;
-        if !status.is_success() {
-            return Err(CliError::Api {
-                status: status.as_u16(),
-                code: value["error"]["code"].as_str().unwrap_or("").to_string(),
-                message: value["error"]["message"].as_str().unwrap_or("").to_string(),
-            });
-        }
-        Ok(value)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
+    use serde_json::json;
+
     use super::*;
+    use crate::api::dlq::SkippedView;
 
     #[test]
     fn a_page_body_carries_filters_and_cursor_or_ids() {
-        let filter = FilterArgs {
-            destination_id: Some("d1".into()),
-            event_type: Some("order.*".into()),
+        let filter = DeadLetterFilter {
+            destination_id: Some(crate::model::DestinationId::parse("d1").unwrap()),
+            event_type: Some(crate::model::EventPattern::parse("order.*").unwrap()),
             since: DateTime::from_timestamp(0, 0),
             ..Default::default()
         };
-        let page = Value::Object(body(&filter, None, Some("5-9"), 100));
+        let page =
+            serde_json::to_value(selection(&filter, None, Some("5-9".into()), 100, false)).unwrap();
         assert_eq!(page["destination_id"], "d1");
         assert_eq!(page["event_type"], "order.*");
-        assert_eq!(page["since"], "1970-01-01T00:00:00+00:00");
+        assert_eq!(page["since"], "1970-01-01T00:00:00Z");
         assert_eq!(page["cursor"], "5-9");
         assert_eq!(page["limit"], 100);
-        let by_ids = Value::Object(body(&filter, Some(&[3, 4]), None, 100));
-        assert_eq!(by_ids, json!({"ids": [3, 4]}));
+        let by_ids =
+            serde_json::to_value(selection(&filter, Some(&[3, 4]), None, 100, false)).unwrap();
+        assert_eq!(by_ids, json!({"ids": [3, 4], "dry_run": false}));
+        let replay = serde_json::to_value(ReplayBody::new(
+            selection(&filter, Some(&[3]), None, 100, true),
+            true,
+        ))
+        .unwrap();
+        assert_eq!(
+            replay,
+            json!({"ids": [3], "dry_run": true, "enable_destination": true})
+        );
+        let query = serde_urlencoded::to_string(ListQuery {
+            filter,
+            order: Some(ListOrder::Oldest),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            query,
+            "destination_id=d1&event_type=order.*&since=1970-01-01T00%3A00%3A00Z&order=oldest"
+        );
     }
 
     #[test]
     fn totals_add_up_pages() {
         let mut totals = Totals::default();
-        let page = json!({"matched": 3, "replayed": 2, "already_replayed": 0,
-            "skipped": [{"destination_id": "d", "code": "malformed_event", "count": 1, "message": "m"}],
-            "not_found": [7]});
-        totals.add(&page, "replayed");
-        totals.add(&page, "replayed");
+        let page = ReplayAnswer {
+            matched: 3,
+            replayed: 2,
+            already_replayed: 0,
+            skipped: vec![SkippedView {
+                destination_id: "d".into(),
+                code: "malformed_event".into(),
+                count: 1,
+                message: "m".into(),
+            }],
+            not_found: vec![7],
+            enabled_destinations: vec![],
+            dry_run: false,
+            next_cursor: None,
+        };
+        totals.add_replay(&page);
+        totals.add_replay(&page);
         assert_eq!((totals.matched, totals.done, totals.not_found), (6, 4, 2));
         assert_eq!(totals.skipped[&("d".into(), "malformed_event".into())].0, 2);
     }

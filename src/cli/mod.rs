@@ -2,5 +2,6 @@
 //! (`--url`, or `HOOKSTREAM_API_URL`), never to NATS, so they need no credentials
 //! beyond what the API asks for and work against any replica.
 
+pub mod api;
 pub mod dlq;
 pub mod upload;

@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
-use super::dlq::{Api, CliError};
+use super::api::{Api, CliError};
+use crate::api::uploads::{UploadAccepted, UploadView};
+use crate::files::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -139,11 +140,11 @@ pub async fn run(args: UploadArgs) -> Result<(), UploadError> {
         // A gigabyte takes longer than the client's usual request timeout.
         .timeout(Duration::from_secs(3600))
         .body(reqwest::Body::wrap_stream(body));
-    let answer = api.send(request, &url).await;
+    let answer = api.send::<UploadAccepted>(request, &url).await;
     sending.finish_and_clear();
     let answer = answer?;
-    let id = answer["id"].as_str().unwrap_or_default().to_string();
-    if answer["duplicate"] == true {
+    let id = answer.id;
+    if answer.duplicate == Some(true) {
         println!("{path} was uploaded already as {id}; not ingested again");
         return Ok(());
     }
@@ -158,16 +159,16 @@ pub async fn run(args: UploadArgs) -> Result<(), UploadError> {
 async fn follow(api: &Api, id: &str) -> Result<(), UploadError> {
     let lines = bar("{spinner} {msg} ({elapsed})", None);
     let status = loop {
-        let status = api.get(&format!("/v1/uploads/{id}"), &[]).await?;
+        let status: UploadView = api.get(&format!("/v1/uploads/{id}"), &()).await?;
         lines.set_message(format!(
             "{}: {} lines, {} accepted, {} rejected",
-            status["status"].as_str().unwrap_or("?"),
-            status["lines"],
-            status["accepted"],
-            status["rejected"]
+            status.status.as_str(),
+            status.lines,
+            status.accepted,
+            status.rejected
         ));
         lines.tick();
-        if matches!(status["status"].as_str(), Some("done" | "failed")) {
+        if status.status.is_finished() {
             break status;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -176,22 +177,25 @@ async fn follow(api: &Api, id: &str) -> Result<(), UploadError> {
     report(id, &status)
 }
 
-fn report(id: &str, status: &Value) -> Result<(), UploadError> {
+fn report(id: &str, status: &UploadView) -> Result<(), UploadError> {
     println!(
         "{id} {}: {} lines, {} accepted, {} rejected, {} duplicates",
-        status["status"].as_str().unwrap_or("?"),
-        status["lines"],
-        status["accepted"],
-        status["rejected"],
-        status["duplicates"]
+        status.status.as_str(),
+        status.lines,
+        status.accepted,
+        status.rejected,
+        status.duplicates
     );
-    if status["rejected"].as_u64().unwrap_or(0) > 0 {
+    if status.rejected > 0 {
         println!("rejected lines: GET /v1/uploads/{id}/errors");
     }
-    if status["status"] == "failed" {
+    if status.status == Status::Failed {
         return Err(UploadError::Failed {
             id: id.to_string(),
-            why: status["error"].as_str().unwrap_or("unknown").to_string(),
+            why: status
+                .error
+                .clone()
+                .unwrap_or_else(|| "unknown".to_string()),
         });
     }
     Ok(())

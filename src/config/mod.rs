@@ -10,6 +10,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod duration;
+mod validate;
+
 const DEFAULTS: &str = include_str!("default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +57,8 @@ pub struct NatsConfig {
     pub password: Option<Password>,
     pub inbox_prefix: String,
     pub replicas: usize,
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "duration::millis")]
+    pub request_timeout: Duration,
     pub embedded: EmbeddedConfig,
 }
 
@@ -88,8 +92,10 @@ pub struct EmbeddedConfig {
 pub struct ApiConfig {
     pub listen: String,
     pub body_limit_bytes: usize,
-    pub request_timeout_ms: u64,
-    pub retry_after_secs: u64,
+    #[serde(rename = "request_timeout_ms", with = "duration::millis")]
+    pub request_timeout: Duration,
+    #[serde(rename = "retry_after_secs", with = "duration::secs")]
+    pub retry_after: Duration,
     pub auth: AuthConfig,
 }
 
@@ -129,49 +135,67 @@ impl std::fmt::Debug for AdminKeys {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
-    pub max_age_secs: u64,
+    #[serde(rename = "max_age_secs", with = "duration::secs")]
+    pub max_age: Duration,
     pub max_bytes: i64,
-    pub duplicate_window_secs: u64,
+    #[serde(rename = "duplicate_window_secs", with = "duration::secs")]
+    pub duplicate_window: Duration,
     pub max_consumers: i32,
     pub max_batch: usize,
     // Routing (docs/adr/0010).
     pub delivery_shards: u32,
     pub delivery_max_bytes: i64,
+    pub delivery_max_per_destination: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    pub max_age_secs: u64,
+    #[serde(rename = "max_age_secs", with = "duration::secs")]
+    pub max_age: Duration,
     pub max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {
-    pub ttl_secs: u64,
+    #[serde(rename = "ttl_secs", with = "duration::secs")]
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    pub default_timeout_ms: u64,
+    #[serde(rename = "default_timeout_ms", with = "duration::millis")]
+    pub default_timeout: Duration,
     pub default_max_in_flight: u32,
     pub default_max_attempts: u32,
-    pub default_backoff_base_ms: u64,
+    #[serde(rename = "default_backoff_base_ms", with = "duration::millis")]
+    pub default_backoff_base: Duration,
     pub default_backoff_factor: f64,
-    pub default_backoff_max_ms: u64,
+    #[serde(rename = "default_backoff_max_ms", with = "duration::millis")]
+    pub default_backoff_max: Duration,
     pub default_backoff_jitter: f64,
-    pub retry_after_cap_ms: u64,
+    #[serde(rename = "retry_after_cap_ms", with = "duration::millis")]
+    pub retry_after_cap: Duration,
     pub pull_batch: usize,
-    pub sweep_interval_ms: u64,
-    pub ack_wait_margin_ms: u64,
+    #[serde(rename = "sweep_interval_ms", with = "duration::millis")]
+    pub sweep_interval: Duration,
+    #[serde(rename = "ack_wait_margin_ms", with = "duration::millis")]
+    pub ack_wait_margin: Duration,
     pub max_in_flight_total: usize,
-    pub slow_delivery_ms: u64,
-    pub shutdown_grace_ms: u64,
-    pub stats_flush_ms: u64,
+    #[serde(rename = "slow_delivery_ms", with = "duration::millis")]
+    pub slow_delivery: Duration,
+    #[serde(rename = "shutdown_grace_ms", with = "duration::millis")]
+    pub shutdown_grace: Duration,
+    #[serde(rename = "stats_flush_ms", with = "duration::millis")]
+    pub stats_flush: Duration,
     // Routing (docs/adr/0010).
-    pub consumer_idle_secs: u64,
+    #[serde(rename = "consumer_idle_secs", with = "duration::secs")]
+    pub consumer_idle: Duration,
+    // Operational events (docs/adr/0013): zero = never disable for failing.
+    #[serde(rename = "disable_after_secs", with = "duration::secs")]
+    pub disable_after: Duration,
 }
 
 /// Circuit breakers, shared rate limits, tenant ingest limits (`src/flow/`).
@@ -179,13 +203,18 @@ pub struct DeliveryConfig {
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     pub circuit_failure_threshold: u32,
-    pub circuit_cooldown_ms: u64,
+    #[serde(rename = "circuit_cooldown_ms", with = "duration::millis")]
+    pub circuit_cooldown: Duration,
     pub circuit_probes: u32,
-    pub rate_lease_horizon_ms: u64,
+    #[serde(rename = "rate_lease_horizon_ms", with = "duration::millis")]
+    pub rate_lease_horizon: Duration,
     pub rate_lease_max: u32,
     pub tenant_default: TenantLimit,
     #[serde(default)]
     pub tenants: std::collections::BTreeMap<String, TenantLimit>,
+    // Operational events (docs/adr/0013).
+    #[serde(rename = "circuit_announce_interval_ms", with = "duration::millis")]
+    pub circuit_announce_interval: Duration,
 }
 
 /// Events per second a tenant may ingest, all API replicas together; 0 = unlimited.
@@ -230,14 +259,18 @@ pub struct TelemetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     pub upload_max_bytes: u64,
-    pub upload_timeout_ms: u64,
+    #[serde(rename = "upload_timeout_ms", with = "duration::millis")]
+    pub upload_timeout: Duration,
     pub publish_window: usize,
     pub checkpoint_lines: u64,
-    pub lease_ms: u64,
-    pub rescan_ms: u64,
+    #[serde(rename = "lease_ms", with = "duration::millis")]
+    pub lease: Duration,
+    #[serde(rename = "rescan_ms", with = "duration::millis")]
+    pub rescan: Duration,
     pub max_files: usize,
     pub errors_kept: usize,
-    pub files_retention_secs: u64,
+    #[serde(rename = "files_retention_secs", with = "duration::secs")]
+    pub files_retention: Duration,
     pub folder: Option<FolderConfig>,
 }
 
@@ -251,16 +284,20 @@ pub struct FolderConfig {
     pub event_type: Option<String>,
     pub type_column: Option<String>,
     pub format: String,
-    #[serde(default = "default_settle_ms")]
-    pub settle_ms: u64,
+    #[serde(
+        rename = "settle_ms",
+        with = "duration::millis",
+        default = "default_settle"
+    )]
+    pub settle: Duration,
 }
 
 fn default_tenant() -> String {
     "default".into()
 }
 
-fn default_settle_ms() -> u64 {
-    2000
+fn default_settle() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl TelemetryConfig {
@@ -366,220 +403,6 @@ impl Config {
         Ok(out)
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !is_subject_token(&self.subject_prefix) {
-            return Err(invalid(
-                "subject_prefix",
-                "must be one subject token of [A-Za-z0-9_-]",
-            ));
-        }
-        if self.api.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "api.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:8080",
-                    self.api.listen
-                ),
-            ));
-        }
-        let f = &self.flow;
-        if f.circuit_failure_threshold == 0 || f.circuit_probes == 0 {
-            return Err(invalid(
-                "flow.circuit_failure_threshold",
-                "circuit_failure_threshold and circuit_probes must be at least 1",
-            ));
-        }
-        if f.circuit_cooldown_ms == 0 || f.rate_lease_max == 0 {
-            return Err(invalid(
-                "flow.circuit_cooldown_ms",
-                "circuit_cooldown_ms and rate_lease_max must be positive",
-            ));
-        }
-        for (tenant, l) in std::iter::once(("tenant_default", &f.tenant_default))
-            .chain(f.tenants.iter().map(|(t, l)| (t.as_str(), l)))
-        {
-            if !(l.per_second >= 0.0 && l.per_second.is_finite())
-                || (l.per_second > 0.0 && l.burst == 0)
-            {
-                return Err(invalid(
-                    "flow.tenants",
-                    format!(
-                        "{tenant}: per_second must be 0 (unlimited) or positive, with a burst of at least 1"
-                    ),
-                ));
-            }
-        }
-        if !matches!(self.nats.replicas, 1 | 3 | 5) {
-            return Err(invalid(
-                "nats.replicas",
-                "must be 1, 3 or 5: an even count tolerates no more lost servers than the odd count below it",
-            ));
-        }
-        if self.nats.password.is_some() != self.nats.user.is_some() {
-            return Err(invalid(
-                "nats.password",
-                "nats.user and nats.password go together",
-            ));
-        }
-        if self.nats.user.is_some() && self.nats.credentials_file.is_some() {
-            return Err(invalid(
-                "nats.credentials_file",
-                "use either a credentials file or nats.user and nats.password",
-            ));
-        }
-        if !is_subject_token(&self.nats.inbox_prefix) {
-            return Err(invalid(
-                "nats.inbox_prefix",
-                "must be one subject token of [A-Za-z0-9_-]",
-            ));
-        }
-        // Routing (docs/adr/0010).
-        if !(1..=1024).contains(&self.events.delivery_shards) {
-            return Err(invalid("events.delivery_shards", "must be 1 to 1024"));
-        }
-        if self.events.delivery_max_bytes <= 0 {
-            return Err(invalid(
-                "events.delivery_max_bytes",
-                "must be positive: a shard without a bound could fill the disk",
-            ));
-        }
-        if self.delivery.consumer_idle_secs == 0 {
-            return Err(invalid("delivery.consumer_idle_secs", "must be at least 1"));
-        }
-        if self.events.max_consumers <= 0 {
-            return Err(invalid(
-                "events.max_consumers",
-                "must be positive (nats-server replaces -1 with its own 1,000)",
-            ));
-        }
-        if !(1..=10_000).contains(&self.events.max_batch) {
-            return Err(invalid("events.max_batch", "must be 1 to 10000"));
-        }
-        if self.api.body_limit_bytes < 1024 {
-            return Err(invalid("api.body_limit_bytes", "must be at least 1024"));
-        }
-        let d = &self.delivery;
-        if d.default_max_in_flight == 0 || d.default_max_attempts == 0 {
-            return Err(invalid(
-                "delivery.default_max_in_flight",
-                "in-flight and attempts must be at least 1",
-            ));
-        }
-        if d.default_timeout_ms == 0 {
-            return Err(invalid("delivery.default_timeout_ms", "must be positive"));
-        }
-        if d.default_backoff_factor < 1.0 || !(0.0..=1.0).contains(&d.default_backoff_jitter) {
-            return Err(invalid(
-                "delivery.default_backoff_factor",
-                "factor must be ≥ 1 and jitter between 0 and 1",
-            ));
-        }
-        if d.ack_wait_margin_ms < 1000 {
-            return Err(invalid(
-                "delivery.ack_wait_margin_ms",
-                "must be at least 1000: the ack wait must exceed the request timeout with room to record the attempt",
-            ));
-        }
-        if !(1..=10_000).contains(&d.pull_batch) || d.max_in_flight_total == 0 {
-            return Err(invalid(
-                "delivery.pull_batch",
-                "pull_batch must be 1 to 10000 and max_in_flight_total positive",
-            ));
-        }
-        if d.sweep_interval_ms < 100 {
-            return Err(invalid(
-                "delivery.sweep_interval_ms",
-                "must be at least 100",
-            ));
-        }
-        if self.idempotency.ttl_secs == 0 {
-            return Err(invalid("idempotency.ttl_secs", "must be positive"));
-        }
-        crate::access::keys::parse_admin_keys(&self.api.auth.admin_keys.0)
-            .map_err(|why| invalid("api.auth.admin_keys", why.to_string()))?;
-        self.validate_ingest()?;
-        for entry in &self.security.ssrf_allowlist {
-            if entry.trim().is_empty() {
-                return Err(invalid(
-                    "security.ssrf_allowlist",
-                    "contains an empty entry",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_ingest(&self) -> Result<(), ConfigError> {
-        let i = &self.ingest;
-        if i.upload_max_bytes == 0 || i.upload_timeout_ms == 0 {
-            return Err(invalid(
-                "ingest.upload_max_bytes",
-                "upload_max_bytes and upload_timeout_ms must be positive",
-            ));
-        }
-        if !(1..=65_536).contains(&i.publish_window) || i.checkpoint_lines == 0 {
-            return Err(invalid(
-                "ingest.publish_window",
-                "publish_window must be 1 to 65536 and checkpoint_lines positive",
-            ));
-        }
-        if i.lease_ms < 1000 || i.rescan_ms == 0 || i.rescan_ms > i.lease_ms {
-            return Err(invalid(
-                "ingest.lease_ms",
-                "lease_ms must be at least 1000 and rescan_ms between 1 and lease_ms",
-            ));
-        }
-        if i.max_files == 0 || i.files_retention_secs == 0 {
-            return Err(invalid(
-                "ingest.max_files",
-                "max_files and files_retention_secs must be positive",
-            ));
-        }
-        let Some(f) = &i.folder else {
-            return Ok(());
-        };
-        if crate::model::TenantId::parse(f.tenant.clone()).is_err() {
-            return Err(invalid(
-                "ingest.folder.tenant",
-                "1 to 64 characters of [a-z0-9_-]",
-            ));
-        }
-        if !matches!(f.format.as_str(), "csv" | "ndjson") {
-            return Err(invalid(
-                "ingest.folder.format",
-                format!("{:?} is not csv or ndjson", f.format),
-            ));
-        }
-        match (&f.event_type, &f.type_column) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "ingest.folder.event_type",
-                    "set event_type or type_column, not both",
-                ));
-            }
-            (None, None) if f.format == "csv" => {
-                return Err(invalid(
-                    "ingest.folder.event_type",
-                    "a csv folder needs event_type or type_column",
-                ));
-            }
-            (_, Some(_)) if f.format != "csv" => {
-                return Err(invalid(
-                    "ingest.folder.type_column",
-                    "type_column is for csv; an ndjson line names its type itself",
-                ));
-            }
-            (Some(t), None) if crate::model::EventType::parse(t.clone()).is_err() => {
-                return Err(invalid(
-                    "ingest.folder.event_type",
-                    "dot-separated tokens of [A-Za-z0-9_-]",
-                ));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
     pub fn listen_addr(&self) -> SocketAddr {
         self.api
             .listen
@@ -588,15 +411,8 @@ impl Config {
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.nats.request_timeout_ms)
+        self.nats.request_timeout
     }
-}
-
-fn is_subject_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -606,6 +422,40 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid() {
         Config::defaults().validate().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn durations_keep_their_ms_and_secs_keys_in_files_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let defaults = Config::defaults();
+            assert_eq!(defaults.delivery.shutdown_grace, Duration::from_secs(20));
+            assert_eq!(defaults.delivery.consumer_idle, Duration::from_secs(300));
+            assert_eq!(defaults.events.max_age, Duration::from_secs(7 * 86_400));
+            jail.create_file(
+                "hookstream.toml",
+                "[delivery]\nshutdown_grace_ms = 1234\nconsumer_idle_secs = 7\n",
+            )?;
+            jail.set_env("HOOKSTREAM_FLOW__CIRCUIT_COOLDOWN_MS", "4500");
+            jail.set_env("HOOKSTREAM_EVENTS__MAX_AGE_SECS", "3600");
+            let cfg = Config::load(Some(Path::new("hookstream.toml"))).expect("loads");
+            assert_eq!(cfg.delivery.shutdown_grace, Duration::from_millis(1234));
+            assert_eq!(cfg.delivery.consumer_idle, Duration::from_secs(7));
+            assert_eq!(cfg.flow.circuit_cooldown, Duration::from_millis(4500));
+            assert_eq!(cfg.events.max_age, Duration::from_secs(3600));
+            // Written back under the same keys, as integers.
+            let written = serde_json::to_value(&cfg).expect("serialises");
+            assert_eq!(written["delivery"]["shutdown_grace_ms"], 1234);
+            assert_eq!(written["events"]["max_age_secs"], 3600);
+            assert!(written["delivery"].get("shutdown_grace").is_none());
+            jail.set_env("HOOKSTREAM_DELIVERY__SHUTDOWN_GRACE", "5");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("shutdown_grace"),
+                "the new name is no key: {err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

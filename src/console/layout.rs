@@ -30,6 +30,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                         a href="/console/destinations" { "Destinations" }
                         a href="/console/events" { "Events" }
                         a href="/console/dlq" { "Dead letters" }
+                        a href="/console/uploads" { "Uploads" }
                         span.who {
                             (viewer.key_id())
                             @if let Some(t) = viewer.tenant() { " · tenant " (t) } @else { " · admin" }

@@ -8,7 +8,7 @@
 //! - [`layout`]: the page frame and the embedded assets.
 //! - [`health`]: a destination's health (success rate over the last hour, last error,
 //!   backlog, circuit).
-//! - [`pages`]: destinations, events, dead letters, the throughput chart.
+//! - [`pages`]: destinations, events, dead letters, uploads, the throughput chart.
 
 pub mod health;
 pub mod layout;
@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use maud::html;
 
 use crate::api::AppState;
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -52,6 +52,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/dlq", get(pages::dlq::list))
         .route("/console/dlq/{operation}", post(pages::dlq::operate))
         .route("/console/throughput.svg", get(throughput::chart))
+        .route("/console/uploads", get(pages::uploads::list))
+        .route("/console/uploads/{id}", get(pages::uploads::show))
 }
 
 /// What a console page can fail with; rendered as a page with the API's status rules.
@@ -89,6 +91,7 @@ console_from!(
     crate::destinations::DestinationError,
     crate::dlq::DlqError,
     crate::events::SearchError,
+    crate::files::FilesError,
     crate::ingest::IngestError
 );
 

@@ -1,13 +1,10 @@
 //! The live throughput chart: delivered and failed attempts per second, as an SVG.
 //!
 //! Each request of the chart (the page's script asks every 2 s) samples this process's
-//! `hookstream_deliveries_total` counters from its metrics recorder and keeps the last
-//! [`KEPT`] samples; the chart plots the rate between consecutive samples. It shows the
-//! deliveries of the replica that serves the console (all of them under `serve`).
-
-use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::Instant;
+//! `hookstream_deliveries_total` counters from its metrics recorder into the
+//! [`Samples`](crate::telemetry::throughput::Samples) the API state keeps; the chart
+//! plots the rate between consecutive samples. It shows the deliveries of the replica
+//! that serves the console (all of them under `serve`).
 
 use axum::extract::State;
 use axum::http::header;
@@ -18,42 +15,10 @@ use super::session::Viewer;
 use crate::api::AppState;
 use crate::telemetry::metrics as m;
 
-/// Samples kept (about two minutes at one every two seconds).
-const KEPT: usize = 60;
+use crate::telemetry::throughput::KEPT;
+
 const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 120.0;
-
-/// `(when, delivered total, failed total)` samples.
-#[derive(Default)]
-pub struct Samples {
-    kept: Mutex<VecDeque<(Instant, f64, f64)>>,
-}
-
-impl Samples {
-    /// Adds a sample of the totals and returns the rates `(delivered/s, failed/s)`
-    /// between consecutive samples, oldest first.
-    fn sample(&self, delivered: f64, failed: f64) -> Vec<(f64, f64)> {
-        let mut kept = self.kept.lock().expect("samples lock is never poisoned");
-        let now = Instant::now();
-        // Two requests in the same instant (two tabs) would divide by zero.
-        if kept
-            .back()
-            .is_none_or(|(t, _, _)| now.duration_since(*t).as_millis() >= 200)
-        {
-            kept.push_back((now, delivered, failed));
-        }
-        while kept.len() > KEPT {
-            kept.pop_front();
-        }
-        kept.iter()
-            .zip(kept.iter().skip(1))
-            .map(|((t0, d0, f0), (t1, d1, f1))| {
-                let secs = t1.duration_since(*t0).as_secs_f64().max(0.001);
-                (((d1 - d0) / secs).max(0.0), ((f1 - f0) / secs).max(0.0))
-            })
-            .collect()
-    }
-}
 
 /// `(delivered, failed)` totals of this process: failed counts retried and
 /// dead-lettered attempts.

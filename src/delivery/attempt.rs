@@ -6,6 +6,11 @@
 //! Order matters and is the same everywhere: the attempt record is stored before the
 //! message is acked or nak'd (the next attempt counts from it), and a dead letter is
 //! stored before its attempt record and before the original is acked.
+//!
+//! Longer than most files here (about 540 lines) on purpose: it is that one sequence of
+//! writes, and its steps read in order; what does not depend on the order lives beside it
+//! (`outcome.rs` decides, `request.rs` builds, `history.rs` records, `dead_letter.rs`
+//! stores).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +34,7 @@ use crate::dlq::{DeadLetter, DlqReason};
 use crate::flow::{self, Admission, Flow};
 use crate::history;
 use crate::model::{AttemptOutcome, AttemptRecord, Destination, Envelope};
+use crate::operations::{Attempted, DisableReason, Operations};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
 
@@ -49,6 +55,8 @@ pub struct Deliverer {
     pub retry_after_cap: Duration,
     /// The ack-wait rule, shared with the consumers' configuration.
     pub consumer_policy: ConsumerPolicy,
+    /// Operational events: circuit announcements, auto-disable, disable after a 410.
+    pub operations: Operations,
     pub token: CancellationToken,
 }
 
@@ -191,8 +199,17 @@ impl Deliverer {
             )
             .await;
             let response = &tried.response;
-            self.flow
-                .settle(destination, flow::verdict(response.status))
+            let attempted = attempted(&event, response);
+            let settled = self
+                .flow
+                .settle(
+                    destination,
+                    flow::verdict(response.status),
+                    attempted.announces(),
+                )
+                .await;
+            self.operations
+                .after_attempt(destination, &attempted, settled)
                 .await;
             let delay = match outcome::after_attempt(
                 response,
@@ -360,9 +377,14 @@ impl Deliverer {
                 "receiver answered 410 Gone at {}",
                 tried.started_at.to_rfc3339()
             );
-            if let Err(e) = self.store.disable(&destination.id, why).await {
-                warn!(destination_id = %destination.id, error = %e, "could not disable destination after 410");
-            }
+            self.operations
+                .disable(
+                    destination,
+                    DisableReason::Gone,
+                    why,
+                    &attempted(event, &tried.response),
+                )
+                .await;
         }
         Handled::Done
     }
@@ -377,19 +399,14 @@ impl Deliverer {
         reason: DlqReason,
         why: &str,
     ) -> Handled {
-        let letter = DeadLetter {
-            tenant: destination.tenant.as_str(),
-            destination_id: destination.id.as_str(),
+        let letter = DeadLetter::unattempted(
+            destination.tenant.as_str(),
+            destination.id.as_str(),
             reason,
-            original_headers: msg.headers.as_ref(),
-            body: msg.payload.clone(),
-            original_seq: seq,
-            attempts: 0,
-            last_status: None,
-            last_error: Some(why),
-            first_attempt_at: None,
-            last_attempt_at: None,
-        };
+            &msg,
+            seq,
+            why,
+        );
         match dead_letter::store(&self.broker, &self.stats, None, letter).await {
             Ok(()) => {
                 ack(&msg, AckKind::Ack).await;
@@ -483,6 +500,15 @@ impl Deliverer {
         )
         .await?;
         (record.stream_seq == event.seq).then_some(record.started_at)
+    }
+}
+
+/// The attempt as operational events tell of it.
+fn attempted<'a>(event: &'a Incoming, response: &'a sender::Response) -> Attempted<'a> {
+    Attempted {
+        event: &event.envelope,
+        status: response.status,
+        error: response.error.as_deref(),
     }
 }
 

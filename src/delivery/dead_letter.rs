@@ -1,13 +1,15 @@
-//! The one path by which a dead letter is stored and counted, for the worker (last
-//! attempt, `410`, a delivery that does not parse) and the router (`malformed_event`,
-//! `tenant_mismatch`). The caller acknowledges the original only after `Ok`: a crash in
-//! between duplicates a dead letter, never loses one.
+//! The one path by which a dead letter is stored, counted and announced
+//! (`hookstream.event.dead_lettered`), for the worker (last attempt, `410`, a delivery
+//! that does not parse) and the router (`malformed_event`, `tenant_mismatch`). The
+//! caller acknowledges the original only after `Ok`: a crash in between duplicates a dead
+//! letter, never loses one.
 
 use tracing::warn;
 
 use super::stats::{Counter, StatsCounters};
 use crate::broker::{Broker, BrokerError};
 use crate::dlq::{self, DeadLetter};
+use crate::operations;
 use crate::telemetry::metrics as m;
 
 /// Stores `letter` (of event `event_id`, when the body says) on `HS_DLQ`, acked by the
@@ -22,7 +24,7 @@ pub async fn store(
     let reason = letter.reason;
     let seq = letter.original_seq;
     let attempts = letter.attempts;
-    dlq::publish::publish(broker, letter).await?;
+    dlq::publish::publish(broker, letter.clone()).await?;
     metrics::counter!(
         m::DEAD_LETTERED,
         "reason" => reason.as_str(),
@@ -38,5 +40,21 @@ pub async fn store(
         attempts,
         "dead-lettered"
     );
+    // Stored first: the announcement of a dead letter never stands for one that is not.
+    operations::dead_lettered(
+        broker,
+        operations::DeadLettered {
+            tenant: letter.tenant,
+            destination_id: letter.destination_id,
+            event_id,
+            reason: reason.as_str(),
+            attempts,
+            last_status: letter.last_status,
+            last_error: letter.last_error,
+            original_seq: seq,
+            body: &letter.body,
+        },
+    )
+    .await;
     Ok(())
 }

@@ -9,13 +9,12 @@
 //! nothing in flight and no new wake-up has arrived; then the destination is idle again.
 //! See docs/adr/0001 and docs/adr/0010.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::attempt::{Deliverer, Handled};
+use super::pulls::{OpenPull, Pulls, sleep_until_or_never};
+use super::timers::run_timers;
 use async_nats::StatusCode;
 use async_nats::jetstream::Message;
 
@@ -356,10 +357,14 @@ impl Dispatcher {
             open.left = open.left.saturating_sub(1);
             if open.left == 0 {
                 // The whole batch came. Each message carries the consumer's count of what
-                // is still waiting after it; with many filtered consumers that count can
-                // lag, so a full batch is always followed by one more look.
+                // is still waiting after it, exact for a single-literal-filter consumer
+                // (docs/adr/0010): pull again only if it says more waits. What the router
+                // stores later rings the doorbell, a retry has its timer, and a delivery
+                // redelivered after its ack wait is found by the shard scan. (The layout
+                // before routing looked once more after every full batch: its counts
+                // lagged, and at 1,000 destinations that empty look was half the pulls.)
                 let pending = msg.info().map_or(0, |info| info.pending as usize);
-                pulls.owed = pulls.owed.max(pending).max(1);
+                pulls.owed = pulls.owed.max(pending);
                 tracing::trace!(destination_id = %id, asked = open.asked, pending, "pull complete");
                 pulls.open = None;
             }
@@ -444,73 +449,6 @@ impl Dispatcher {
     }
 }
 
-/// The pull of a drain that the server has not finished answering.
-struct OpenPull {
-    request: u64,
-    asked: usize,
-    /// Messages still to come for it.
-    left: usize,
-    /// One in-flight slot of the worker's budget per message still to come.
-    permits: OwnedSemaphorePermit,
-    sent: Instant,
-}
-
-/// Looks again after a pull found nothing although new events were announced, before
-/// the destination goes idle. nats-server tells the signal consumer of a new message
-/// before every filtered consumer has counted it, so a pull sent at once can be answered
-/// "no messages"; measured (`make bench`, 1,000 ev/s over 1,000 destinations): without
-/// these looks an event now and then waited for the destination's next event, ~1 s
-/// there, up to the sweep interval for a quiet destination.
-const RECHECKS: [Duration; 2] = [Duration::from_millis(10), Duration::from_millis(100)];
-
-/// A drain's view of its consumer: messages believed waiting, and its open pull (one at
-/// a time: the next is sent when this one is answered in full or ended).
-#[derive(Default)]
-struct Pulls {
-    owed: usize,
-    open: Option<OpenPull>,
-    /// Messages were announced since the last one arrived.
-    announced: bool,
-    /// Looks taken since the last message arrived.
-    rechecks: usize,
-    /// When to look again (no pull before).
-    recheck_at: Option<Instant>,
-    /// The consumer was just created after a pull found none.
-    created: bool,
-}
-
-impl Pulls {
-    /// Stops waiting for the open pull (its permits go back to the budget) and for a
-    /// second look.
-    fn abandon(&mut self) {
-        self.open = None;
-        self.recheck_at = None;
-    }
-
-    fn got_message(&mut self) {
-        self.created = false;
-        self.announced = false;
-        self.rechecks = 0;
-    }
-
-    /// After an empty answer: one more look a little later, while announced messages have
-    /// not come and looks are left.
-    fn recheck_if_announced(&mut self) {
-        if let Some(wait) = RECHECKS.get(self.rechecks).filter(|_| self.announced) {
-            self.rechecks += 1;
-            self.owed = 1;
-            self.recheck_at = Some(Instant::now() + *wait);
-        }
-    }
-}
-
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Messages that came after their drain ended (answers to a pull given up, or arriving
 /// while the drain was leaving): delivered like any other, outside the in-flight budget
 /// (the consumer's max_ack_pending bounds them). At shutdown they are released for
@@ -547,40 +485,5 @@ async fn deliver_orphans(
                 dispatcher.signal_at(destination.id.as_str(), Instant::now() + delay);
             }
         });
-    }
-}
-
-/// One timer task for all scheduled retries: a heap of (when, destination).
-async fn run_timers(
-    dispatcher: std::sync::Weak<Dispatcher>,
-    mut rx: mpsc::UnboundedReceiver<(Instant, Arc<str>)>,
-    token: CancellationToken,
-) {
-    let mut heap: BinaryHeap<Reverse<(Instant, Arc<str>)>> = BinaryHeap::new();
-    loop {
-        let next = heap.peek().map(|Reverse((at, _))| *at);
-        tokio::select! {
-            _ = token.cancelled() => return,
-            item = rx.recv() => match item {
-                Some(entry) => heap.push(Reverse(entry)),
-                None => return,
-            },
-            _ = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let Some(dispatcher) = dispatcher.upgrade() else { return };
-                let now = Instant::now();
-                while let Some(Reverse((at, _))) = heap.peek() {
-                    if *at > now {
-                        break;
-                    }
-                    let Some(Reverse((_, id))) = heap.pop() else { break };
-                    dispatcher.signal(&id);
-                }
-            }
-        }
     }
 }

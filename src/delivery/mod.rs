@@ -1,6 +1,7 @@
 //! Delivery: workers that pull from destination consumers and send signed webhooks.
 //!
-//! - `dispatcher` drains destinations that have work, `attempt` handles one message,
+//! - `dispatcher` drains destinations that have work (`pulls`: a drain's view of its
+//!   consumer; `timers`: the retry times it scheduled), `attempt` handles one message,
 //!   `outcome` decides what an answer leads to, `request` builds the signed request,
 //! - `backlog` scans the delivery shards for destinations with deliveries waiting,
 //! - `dead_letter` is the one path that stores and counts a dead letter,
@@ -17,15 +18,16 @@ pub mod backlog;
 pub mod dead_letter;
 pub mod dispatcher;
 pub mod outcome;
+mod pulls;
 pub mod request;
 pub mod retry;
 pub mod sender;
 pub mod signer;
 pub mod stats;
 pub mod template;
+mod timers;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -38,6 +40,7 @@ use crate::config::Config;
 use crate::destinations::watch::DestinationWatch;
 use crate::destinations::{DestinationStore, Registry};
 use crate::flow::Flow;
+use crate::operations::Operations;
 use attempt::Deliverer;
 use backlog::Scanner;
 use dispatcher::Dispatcher;
@@ -83,11 +86,19 @@ impl Worker {
         let deliverer = Arc::new(Deliverer {
             broker: broker.clone(),
             sender,
-            flow,
+            flow: flow.clone(),
             store: store.clone(),
             stats: stats.clone(),
-            retry_after_cap: Duration::from_millis(d.retry_after_cap_ms),
+            retry_after_cap: d.retry_after_cap,
             consumer_policy: store.consumer_policy(),
+            operations: Operations::new(
+                broker.clone(),
+                store.clone(),
+                &flow,
+                &cfg,
+                tracker.clone(),
+                token.clone(),
+            ),
             token: token.clone(),
         });
         let dispatcher = Dispatcher::start(
@@ -98,8 +109,7 @@ impl Worker {
                 max_in_flight_total: d.max_in_flight_total,
                 pull_batch: d.pull_batch,
                 request_timeout: cfg.request_timeout(),
-                slow_delivery: (d.slow_delivery_ms > 0)
-                    .then(|| Duration::from_millis(d.slow_delivery_ms)),
+                slow_delivery: (!d.slow_delivery.is_zero()).then_some(d.slow_delivery),
             },
             tracker.clone(),
             token.clone(),
@@ -109,7 +119,6 @@ impl Worker {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let woken = Arc::downgrade(&dispatcher);
         tracker.spawn(watch.run(
-            broker.clone(),
             registry.clone(),
             // A resumed or re-enabled destination may have deliveries waiting.
             Box::new(move |id: &str| {
@@ -158,7 +167,7 @@ impl Worker {
         };
         let report = scanner.scan().await?;
         info!(?report, "first shard scan done");
-        let interval = Duration::from_millis(d.sweep_interval_ms);
+        let interval = d.sweep_interval;
         let scan_token = token.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -175,7 +184,7 @@ impl Worker {
                 }
             }
         });
-        let flush_every = Duration::from_millis(d.stats_flush_ms);
+        let flush_every = d.stats_flush;
         let flush_token = token.clone();
         let flushed = stats.clone();
         tracker.spawn(async move { flushed.run_flusher(broker, flush_every, flush_token).await });

@@ -1,9 +1,12 @@
 //! Which destinations want an event type: a token trie per tenant over the destinations'
 //! patterns, updated incrementally so that loading 10,000 destinations stays linear and a
-//! lookup costs a walk of the type's tokens, not a scan of every pattern.
+//! lookup costs a walk of the type's tokens, not a scan of every pattern. It agrees with
+//! `Destination::accepts`: hookstream's own types go only to patterns that name them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use crate::model::pattern::RESERVED;
 
 #[derive(Default, Debug)]
 struct Node {
@@ -113,7 +116,15 @@ impl SubjectIndex {
         let mut out = Vec::new();
         if let Some(root) = self.tenants.get(tenant) {
             let tokens: Vec<&str> = event_type.split('.').collect();
-            root.collect(&tokens, &mut out);
+            match tokens.split_first() {
+                // Not the root's `>` and `*`: only patterns that name the namespace.
+                Some((&RESERVED, tail)) => {
+                    if let Some(child) = root.children.get(RESERVED) {
+                        child.collect(tail, &mut out);
+                    }
+                }
+                _ => root.collect(&tokens, &mut out),
+            }
         }
         out.sort();
         out.dedup();
@@ -124,20 +135,44 @@ impl SubjectIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::pattern::subject_matches;
+    use crate::model::pattern::subscribes;
 
     #[test]
     fn lookup_agrees_with_pattern_matching() {
-        let patterns = ["a.b", "a.*", "a.>", "*", ">", "*.b", "a.b.c", "x.*.z"];
+        let patterns = [
+            "a.b",
+            "a.*",
+            "a.>",
+            "*",
+            ">",
+            "*.b",
+            "a.b.c",
+            "x.*.z",
+            "hookstream.>",
+            "hookstream.d.*",
+            "*.d.x",
+        ];
         let mut index = SubjectIndex::default();
         for (i, p) in patterns.iter().enumerate() {
             index.insert("t", p, &Arc::from(format!("d{i}")));
         }
-        for subject in ["a", "a.b", "a.c", "a.b.c", "b.b", "x.y.z", "x.y", "q.r.s.t"] {
+        for subject in [
+            "a",
+            "a.b",
+            "a.c",
+            "a.b.c",
+            "b.b",
+            "x.y.z",
+            "x.y",
+            "q.r.s.t",
+            "hookstream.d.x",
+            "hookstream.e.x",
+            "hookstream",
+        ] {
             let mut want: Vec<Arc<str>> = patterns
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| subject_matches(p, subject))
+                .filter(|(_, p)| subscribes(p, subject))
                 .map(|(i, _)| Arc::from(format!("d{i}")))
                 .collect();
             want.sort();

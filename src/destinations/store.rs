@@ -13,6 +13,7 @@ use super::{DestinationError, decode, encode, validate};
 use crate::broker::consumers::{self, ConsumerPolicy};
 use crate::broker::{Broker, BrokerError, names};
 use crate::config::Config;
+use crate::config::duration::whole_millis;
 use crate::model::{
     Backoff, Destination, DestinationId, DestinationInput, DestinationPatch, RetryPolicy,
     SecretKey, SigningSecret, TenantId,
@@ -57,9 +58,9 @@ impl DestinationStore {
         RetryPolicy {
             schedule_ms: None,
             backoff: Some(Backoff {
-                base_ms: d.default_backoff_base_ms,
+                base_ms: whole_millis(d.default_backoff_base),
                 factor: d.default_backoff_factor,
-                max_ms: d.default_backoff_max_ms,
+                max_ms: whole_millis(d.default_backoff_max),
                 jitter: d.default_backoff_jitter,
             }),
             max_attempts: d.default_max_attempts,
@@ -88,7 +89,7 @@ impl DestinationStore {
             headers: input.headers.unwrap_or_default(),
             rate_limit: input.rate_limit,
             max_in_flight: input.max_in_flight.unwrap_or(d.default_max_in_flight),
-            timeout_ms: input.timeout_ms.unwrap_or(d.default_timeout_ms),
+            timeout_ms: input.timeout_ms.unwrap_or(whole_millis(d.default_timeout)),
             retry: input.retry.unwrap_or_else(|| self.default_retry()),
             ordered: input.ordered.unwrap_or(false),
             enabled: input.enabled.unwrap_or(true),
@@ -260,7 +261,7 @@ impl DestinationStore {
             dest.headers = input.headers.clone().unwrap_or_default();
             dest.rate_limit = input.rate_limit;
             dest.max_in_flight = input.max_in_flight.unwrap_or(d.default_max_in_flight);
-            dest.timeout_ms = input.timeout_ms.unwrap_or(d.default_timeout_ms);
+            dest.timeout_ms = input.timeout_ms.unwrap_or(whole_millis(d.default_timeout));
             dest.retry = input.retry.clone().unwrap_or_else(|| defaults.clone());
             dest.ordered = input.ordered.unwrap_or(false);
             if let Some(enabled) = input.enabled {
@@ -405,19 +406,31 @@ impl DestinationStore {
         .await
     }
 
-    /// Disables a destination on hookstream's own initiative (e.g. `410 Gone`).
+    /// Disables a destination on hookstream's own initiative (`410 Gone`, failing for
+    /// too long). `Ok(true)`: this call disabled it; `Ok(false)`: it was disabled
+    /// already (by an operator, or by another replica first), and is left as it is.
     pub async fn disable(
         &self,
         id: &DestinationId,
         reason: String,
-    ) -> Result<(), DestinationError> {
+    ) -> Result<bool, DestinationError> {
+        match self.get(id).await? {
+            Some((d, _)) if d.enabled => {}
+            _ => return Ok(false),
+        }
+        // Atomic rather than a Cell: the future must stay Send.
+        let disabled_here = std::sync::atomic::AtomicBool::new(false);
         self.modify(id, |dest| {
-            dest.enabled = false;
-            dest.disabled_reason = Some(reason.clone());
+            // The last round of the compare-and-set is the one written.
+            disabled_here.store(dest.enabled, std::sync::atomic::Ordering::Relaxed);
+            if dest.enabled {
+                dest.enabled = false;
+                dest.disabled_reason = Some(reason.clone());
+            }
             Ok(())
         })
-        .await
-        .map(drop)
+        .await?;
+        Ok(disabled_here.into_inner())
     }
 
     /// What destination consumers are derived from besides the destination.
@@ -442,8 +455,8 @@ impl DestinationStore {
 /// What destination consumers are derived from besides the destination.
 pub fn consumer_policy(cfg: &Config) -> ConsumerPolicy {
     ConsumerPolicy {
-        ack_wait_margin: Duration::from_millis(cfg.delivery.ack_wait_margin_ms),
-        idle: Duration::from_secs(cfg.delivery.consumer_idle_secs),
+        ack_wait_margin: cfg.delivery.ack_wait_margin,
+        idle: cfg.delivery.consumer_idle,
     }
 }
 

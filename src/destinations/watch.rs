@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::kv::{Entry, Operation, Watch};
-use futures::StreamExt;
+use async_nats::jetstream::kv::{Entry, Operation};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::decode;
 use super::registry::Registry;
+use crate::broker::watch::{BucketWatch, Change, Opened};
 use crate::broker::{Broker, BrokerError};
 
 /// Told of each destination that became active (created, resumed, re-enabled) while the
@@ -20,69 +20,37 @@ use crate::broker::{Broker, BrokerError};
 pub type OnActive = Box<dyn Fn(&str) + Send + Sync>;
 
 pub struct DestinationWatch {
-    watch: Watch,
-    initially_empty: bool,
-    /// The bucket stream's last sequence when the watch opened (an empty bucket may have
-    /// had entries that were deleted and expired: nothing to wait for below it).
-    last_seq: u64,
+    watch: BucketWatch,
+    opened: Opened,
 }
 
 impl DestinationWatch {
     pub async fn open(broker: &Broker) -> Result<Self, BrokerError> {
-        let status = broker
-            .destinations
-            .status()
-            .await
-            .map_err(|e| BrokerError::new("reading destinations bucket", e))?;
-        let initially_empty = status.values() == 0;
-        let last_seq = status.info.state.last_sequence;
-        let watch = broker
-            .destinations
-            .watch_with_history(">")
-            .await
-            .map_err(|e| BrokerError::new("watching destinations", e))?;
-        Ok(Self {
-            watch,
-            initially_empty,
-            last_seq,
-        })
+        let (watch, opened) =
+            BucketWatch::open(broker.destinations.clone(), "destinations").await?;
+        Ok(Self { watch, opened })
     }
 
-    /// Applies entries until cancelled; `loaded` fires once the history is in.
+    /// Applies entries until cancelled; `loaded` fires once the history is in. A watch
+    /// that reopens replays the history, which the registry applies again by revision.
     pub async fn run(
         mut self,
-        broker: Broker,
         registry: Arc<Registry>,
         on_active: OnActive,
         loaded: oneshot::Sender<()>,
         token: CancellationToken,
     ) {
         let mut loaded = Some(loaded);
-        if self.initially_empty {
-            registry.watched_up_to(self.last_seq);
+        if self.opened.empty {
+            registry.watched_up_to(self.opened.last_seq);
             let _ = loaded.take().map(|tx| tx.send(()));
         }
-        loop {
-            let next = tokio::select! {
-                _ = token.cancelled() => return,
-                next = self.watch.next() => next,
-            };
-            match next {
-                Some(Ok(entry)) => {
-                    let caught_up = entry.delta == 0;
-                    apply(&registry, &on_active, entry, loaded.is_none());
-                    if caught_up {
-                        let _ = loaded.take().map(|tx| tx.send(()));
-                    }
-                }
-                Some(Err(e)) => warn!(error = %e, "destination watch error"),
-                None => {
-                    warn!("destination watch ended; reopening");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    match DestinationWatch::open(&broker).await {
-                        Ok(fresh) => self.watch = fresh.watch,
-                        Err(e) => warn!(error = %e, "destination watch not reopened yet"),
-                    }
+        while let Some(change) = self.watch.next(&token).await {
+            if let Change::Entry(entry) = change {
+                let caught_up = entry.delta == 0;
+                apply(&registry, &on_active, entry, loaded.is_none());
+                if caught_up {
+                    let _ = loaded.take().map(|tx| tx.send(()));
                 }
             }
         }

@@ -1,9 +1,13 @@
 //! Dead letters: what could not be delivered goes to `HS_DLQ`, one message per
 //! (event, destination), readable by any NATS client.
 //!
+//! - [`letter`]: a dead letter as `HS_DLQ` stores it, and one read by id.
+//! - [`filter`]: which dead letters a request means (the one filter type of the API,
+//!   the CLI, the console and the scan), and the target of a replay or purge.
 //! - [`publish`]: a worker stores a dead letter (before it acks the original).
-//! - [`select`]: which dead letters a request means, read in order with direct gets.
-//! - [`browse`]: one dead letter as stored, and pages of them.
+//! - [`select`]: the dead letters of a filter or of listed ids, read in order with
+//!   direct gets.
+//! - [`browse`]: pages of them for a listing.
 //! - [`replay`]: re-publish dead letters to their destination only, then remove them.
 //! - [`purge`]: remove dead letters without sending them.
 //! - [`resend`]: send an event from `HS_EVENTS` again (delivered or not).
@@ -12,15 +16,18 @@
 //! (`api/dlq.rs`) and the CLI (`cli/dlq.rs`) are built on these functions.
 
 pub mod browse;
+pub mod filter;
+pub mod letter;
 pub mod publish;
 pub mod purge;
 pub mod replay;
 pub mod resend;
 pub mod select;
 
-pub use browse::StoredDeadLetter;
+pub use filter::{DeadLetterFilter, Target};
+pub use letter::StoredDeadLetter;
 pub use publish::{DeadLetter, DlqReason};
-pub use select::{Cursor, Order, Selection};
+pub use select::{Cursor, Order};
 
 use crate::broker::BrokerError;
 use crate::destinations::DestinationError;

@@ -22,6 +22,9 @@ pub enum DlqReason {
     /// The message names another tenant than its subject (or than the destination it is
     /// aimed at).
     TenantMismatch,
+    /// The destination already had `events.delivery_max_per_destination` deliveries
+    /// waiting in its shard when the router had this one for it.
+    BacklogFull,
 }
 
 impl DlqReason {
@@ -31,6 +34,7 @@ impl DlqReason {
             Self::Gone => "gone",
             Self::MalformedEvent => "malformed_event",
             Self::TenantMismatch => "tenant_mismatch",
+            Self::BacklogFull => "backlog_full",
         }
     }
 }
@@ -50,11 +54,39 @@ pub struct DeadLetter<'a> {
     pub last_attempt_at: Option<DateTime<Utc>>,
 }
 
+impl<'a> DeadLetter<'a> {
+    /// The dead letter of a message that was never attempted (it cannot be delivered as
+    /// it stands, or its destination's backlog is full): no attempts, `why` as its error.
+    pub fn unattempted(
+        tenant: &'a str,
+        destination_id: &'a str,
+        reason: DlqReason,
+        original: &'a async_nats::jetstream::Message,
+        original_seq: u64,
+        why: &'a str,
+    ) -> Self {
+        Self {
+            tenant,
+            destination_id,
+            reason,
+            original_headers: original.headers.as_ref(),
+            body: original.payload.clone(),
+            original_seq,
+            attempts: 0,
+            last_status: None,
+            last_error: Some(why),
+            first_attempt_at: None,
+            last_attempt_at: None,
+        }
+    }
+}
+
 /// Headers of the original that must not be copied: JetStream would act on them.
-/// `Hs-Event-Seq` is the delivery copy's own (the dead letter says `Hs-Original-Seq`).
+/// `Hs-Event-Seq` is the delivery copy's own (the dead letter says `Hs-Original-Seq`),
+/// `Hs-Recorded` the accepted event's.
 fn is_jetstream_control(name: &str) -> bool {
     name.eq_ignore_ascii_case(h::MSG_ID)
-        || name.eq_ignore_ascii_case(h::EVENT_SEQ)
+        || h::is_copy_local(name)
         || name.to_ascii_lowercase().starts_with("nats-expected")
 }
 

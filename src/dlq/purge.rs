@@ -9,8 +9,8 @@ use futures::StreamExt;
 use tracing::info;
 
 use super::DlqError;
-use super::replay::{ReplayReport, Target, select_letters};
-use super::select::Cursor;
+use super::filter::Target;
+use super::select::{self, Cursor};
 use crate::broker::{Broker, BrokerError, messages, names};
 use crate::model::TenantId;
 
@@ -67,12 +67,12 @@ async fn delete(broker: &Broker, seq: u64) -> Result<bool, DlqError> {
 }
 
 pub async fn purge(broker: &Broker, request: PurgeRequest) -> Result<PurgeReport, DlqError> {
-    if let Target::Filter(selection) = &request.target
+    if let Target::Filter(filter) = &request.target
         && request
             .tenant
             .as_ref()
-            .is_none_or(|t| selection.tenant.as_ref() == Some(t))
-        && selection.is_by_subject_only()
+            .is_none_or(|t| filter.tenant.as_ref() == Some(t))
+        && filter.is_by_subject_only()
         && request.cursor.is_none()
         && !request.dry_run
     {
@@ -86,7 +86,7 @@ pub async fn purge(broker: &Broker, request: PurgeRequest) -> Result<PurgeReport
         let purged = broker
             .dlq
             .purge()
-            .filter(selection.filter_subject(broker))
+            .filter(filter.filter_subject(broker))
             .sequence(info.state.last_sequence + 1)
             .await
             .map_err(|e| BrokerError::new("purging dead letters", e))?
@@ -98,24 +98,22 @@ pub async fn purge(broker: &Broker, request: PurgeRequest) -> Result<PurgeReport
             ..Default::default()
         });
     }
-    let mut selected = ReplayReport::default();
-    let (letters, next) = select_letters(
+    let picked = select::pick(
         broker,
         &request.target,
         request.tenant.as_ref(),
         request.cursor,
         request.limit,
-        &mut selected,
     )
     .await?;
     let mut report = PurgeReport {
-        matched: letters.len() as u64,
-        not_found: selected.not_found,
-        next,
+        matched: picked.letters.len() as u64,
+        not_found: picked.not_found,
+        next: picked.next,
         ..Default::default()
     };
     if !request.dry_run {
-        let seqs: Vec<u64> = letters.iter().map(|l| l.seq).collect();
+        let seqs: Vec<u64> = picked.letters.iter().map(|l| l.seq).collect();
         report.purged = delete_many(broker, &seqs).await?;
         if report.purged > 0 {
             info!(purged = report.purged, "dead letters purged");

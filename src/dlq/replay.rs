@@ -22,11 +22,11 @@ use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
-use futures::StreamExt;
 use tracing::{Instrument, info};
 
-use super::browse::{self, StoredDeadLetter};
-use super::select::{self, Cursor, Order, Selection};
+use super::filter::{DeadLetterFilter, Target};
+use super::letter::{StoredDeadLetter, carried_headers};
+use super::select::{self, Cursor};
 use super::{DlqError, purge};
 use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError};
@@ -37,16 +37,6 @@ use crate::telemetry::{propagation, spans};
 
 /// Re-publishes in flight at once; their acks are awaited together.
 const CHUNK: usize = 64;
-/// Dead letters looked at per call, per dead letter asked for (a selective event-type
-/// filter may look at many to find a few).
-const SCAN_FACTOR: usize = 20;
-
-/// What a replay or purge works on: listed ids, or a filter.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Ids(Vec<u64>),
-    Filter(Selection),
-}
 
 #[derive(Debug, Clone)]
 pub struct ReplayRequest {
@@ -64,12 +54,49 @@ pub struct ReplayRequest {
     pub dry_run: bool,
 }
 
+/// Why dead letters are not replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    DestinationDeleted,
+    DestinationDisabled,
+    /// The body is not an event envelope (or not the dead letter's tenant's).
+    MalformedEvent,
+}
+
+impl Refusal {
+    /// The contract's code for it (`skipped[].code`, the error code of a refused request).
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::DestinationDeleted => "destination_deleted",
+            Refusal::DestinationDisabled => "destination_disabled",
+            Refusal::MalformedEvent => "malformed_event",
+        }
+    }
+}
+
+/// A refusal and its message for people.
+#[derive(Debug, Clone)]
+struct Refused {
+    why: Refusal,
+    message: String,
+}
+
+impl From<Refused> for DlqError {
+    fn from(r: Refused) -> Self {
+        match r.why {
+            Refusal::DestinationDeleted => DlqError::DestinationDeleted(r.message),
+            Refusal::DestinationDisabled => DlqError::DestinationDisabled(r.message),
+            // Only a destination refuses a whole request; kept total all the same.
+            Refusal::MalformedEvent => DlqError::Conflict(r.message),
+        }
+    }
+}
+
 /// Dead letters left in `HS_DLQ` for one reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     pub destination_id: String,
-    /// `destination_deleted`, `destination_disabled` or `malformed_event`.
-    pub code: &'static str,
+    pub why: Refusal,
     pub count: u64,
     pub message: String,
 }
@@ -101,7 +128,7 @@ enum Standing {
 }
 
 impl Standing {
-    fn refusal(&self, id: &str, count: u64) -> Option<(&'static str, String)> {
+    fn refusal(&self, id: &str, count: u64) -> Option<Refused> {
         let letters = if count == 1 {
             "1 dead letter".to_string()
         } else {
@@ -109,16 +136,16 @@ impl Standing {
         };
         match self {
             Standing::Active(_) => None,
-            Standing::Deleted => Some((
-                "destination_deleted",
-                format!(
+            Standing::Deleted => Some(Refused {
+                why: Refusal::DestinationDeleted,
+                message: format!(
                     "destination {id} does not exist (deleted?); its {letters} cannot be \
                      replayed: recreate it with the same id, or purge them"
                 ),
-            )),
-            Standing::Disabled(reason) => Some((
-                "destination_disabled",
-                format!(
+            }),
+            Standing::Disabled(reason) => Some(Refused {
+                why: Refusal::DestinationDisabled,
+                message: format!(
                     "destination {id} is disabled{}; its {letters} were not replayed: pass \
                      enable_destination: true to re-enable it and replay",
                     reason
@@ -126,7 +153,7 @@ impl Standing {
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default()
                 ),
-            )),
+            }),
         }
     }
 }
@@ -142,11 +169,11 @@ pub async fn replay(
     // cannot receive; one over a whole tenant replays what it can and says what it left.
     let named = match &request.target {
         Target::Ids(_) => true,
-        Target::Filter(s) => s.destination.is_some(),
+        Target::Filter(f) => f.destination_id.is_some(),
     };
     let mut standings: BTreeMap<String, Standing> = BTreeMap::new();
-    if let Target::Filter(Selection {
-        destination: Some(id),
+    if let Target::Filter(DeadLetterFilter {
+        destination_id: Some(id),
         ..
     }) = &request.target
     {
@@ -156,21 +183,22 @@ pub async fn replay(
         if let Some(refused) = standing.refusal(id.as_str(), 0)
             && !(request.enable_destination && matches!(standing, Standing::Disabled(_)))
         {
-            return Err(refusal_error(refused.0, refused.1));
+            return Err(refused.into());
         }
     }
 
-    let (letters, next) = select_letters(
+    let picked = select::pick(
         broker,
         &request.target,
         request.tenant.as_ref(),
         request.cursor,
         request.limit,
-        &mut report,
     )
     .await?;
+    let letters = picked.letters;
     report.matched = letters.len() as u64;
-    report.next = next;
+    report.next = picked.next;
+    report.not_found = picked.not_found;
 
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for letter in &letters {
@@ -186,7 +214,7 @@ pub async fn replay(
         }
     }
     if named {
-        let refusals: Vec<(&'static str, String)> = counts
+        let refusals: Vec<Refused> = counts
             .iter()
             .filter_map(|(id, n)| {
                 let standing = &standings[id];
@@ -195,13 +223,17 @@ pub async fn replay(
                 (!enable).then(|| standing.refusal(id, *n)).flatten()
             })
             .collect();
-        if let Some((code, _)) = refusals.first() {
+        if let Some(first) = refusals.first() {
             let message = refusals
                 .iter()
-                .map(|(_, m)| m.as_str())
+                .map(|r| r.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(refusal_error(code, message));
+            return Err(Refused {
+                why: first.why,
+                message,
+            }
+            .into());
         }
     }
     if request.enable_destination && !request.dry_run {
@@ -215,7 +247,7 @@ pub async fn replay(
     }
 
     let mut jobs = Vec::with_capacity(letters.len());
-    let mut skipped: BTreeMap<(String, &'static str), (u64, String)> = BTreeMap::new();
+    let mut skipped: BTreeMap<(String, Refusal), (u64, String)> = BTreeMap::new();
     for letter in letters {
         let standing = &standings[letter.destination_id.as_str()];
         let will_enable = request.enable_destination && matches!(standing, Standing::Disabled(_));
@@ -239,9 +271,9 @@ pub async fn replay(
         };
         match outcome {
             Ok(job) => jobs.push(job),
-            Err((code, message)) => {
+            Err(Refused { why, message }) => {
                 let entry = skipped
-                    .entry((letter.destination_id.clone(), code))
+                    .entry((letter.destination_id.clone(), why))
                     .or_insert((0, message));
                 entry.0 += 1;
             }
@@ -249,9 +281,9 @@ pub async fn replay(
     }
     report.skipped = skipped
         .into_iter()
-        .map(|((destination_id, code), (count, message))| Skipped {
+        .map(|((destination_id, why), (count, message))| Skipped {
             destination_id,
-            code,
+            why,
             count,
             message,
         })
@@ -273,65 +305,6 @@ pub async fn replay(
         );
     }
     Ok(report)
-}
-
-/// The dead letters of this call: the listed ids (in sequence order, missing ones noted),
-/// or the next page of the filter, oldest first.
-pub(super) async fn select_letters(
-    broker: &Broker,
-    target: &Target,
-    tenant: Option<&TenantId>,
-    cursor: Option<Cursor>,
-    limit: usize,
-    report: &mut ReplayReport,
-) -> Result<(Vec<StoredDeadLetter>, Option<Cursor>), DlqError> {
-    match target {
-        Target::Ids(ids) => {
-            let mut ids = ids.clone();
-            ids.sort_unstable();
-            ids.dedup();
-            let read: Vec<Result<Option<StoredDeadLetter>, DlqError>> =
-                futures::stream::iter(ids.iter().copied())
-                    .map(|id| browse::get(broker, id))
-                    .buffered(32)
-                    .collect()
-                    .await;
-            let mut letters = Vec::with_capacity(ids.len());
-            for (id, letter) in ids.into_iter().zip(read) {
-                match letter? {
-                    Some(l) if tenant.is_none_or(|t| t.as_str() == l.tenant) => letters.push(l),
-                    _ => report.not_found.push(id),
-                }
-            }
-            Ok((letters, None))
-        }
-        Target::Filter(selection) => {
-            // A caller's scope narrows the filter whatever the filter said.
-            let scoped;
-            let selection = match tenant {
-                Some(t) if selection.tenant.as_ref() != Some(t) => {
-                    scoped = Selection {
-                        tenant: Some(t.clone()),
-                        ..selection.clone()
-                    };
-                    &scoped
-                }
-                _ => selection,
-            };
-            let budget = limit.saturating_mul(SCAN_FACTOR).max(10_000);
-            let scan =
-                select::scan(broker, selection, Order::Oldest, cursor, limit, budget).await?;
-            Ok((scan.letters, scan.next))
-        }
-    }
-}
-
-fn refusal_error(code: &str, message: String) -> DlqError {
-    if code == "destination_deleted" {
-        DlqError::DestinationDeleted(message)
-    } else {
-        DlqError::DestinationDisabled(message)
-    }
 }
 
 /// A destination that exists under another tenant is not the one the dead letter was
@@ -375,19 +348,13 @@ struct Job {
     body: bytes::Bytes,
 }
 
-fn job(
-    broker: &Broker,
-    letter: &StoredDeadLetter,
-    destination: &str,
-) -> Result<Job, (&'static str, String)> {
-    let malformed = |why: String| {
-        (
-            "malformed_event",
-            format!(
-                "dead letters of destination {destination} whose body is not an event cannot be \
-                 replayed ({why}); purge them"
-            ),
-        )
+fn job(broker: &Broker, letter: &StoredDeadLetter, destination: &str) -> Result<Job, Refused> {
+    let malformed = |why: String| Refused {
+        why: Refusal::MalformedEvent,
+        message: format!(
+            "dead letters of destination {destination} whose body is not an event cannot be \
+             replayed ({why}); purge them"
+        ),
     };
     let envelope: Envelope =
         serde_json::from_slice(&letter.body).map_err(|e| malformed(e.to_string()))?;
@@ -410,26 +377,6 @@ fn job(
         headers,
         body: letter.body.clone(),
     })
-}
-
-/// The headers of a stored message that travel on with a re-publish: everything but
-/// JetStream's own (`Nats-*`) and the dead letter's.
-pub(super) fn carried_headers(original: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, values) in original.iter() {
-        let text: &str = name.as_ref();
-        if h::is_jetstream_header(text)
-            || h::DEAD_LETTER_ONLY
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(text))
-        {
-            continue;
-        }
-        for value in values {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers
 }
 
 /// Publishes a chunk in order, awaits the acks, then removes the acknowledged dead

@@ -15,7 +15,7 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use tracing::{Instrument, info};
 
 use super::DlqError;
-use super::replay::carried_headers;
+use super::letter::carried_headers;
 use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError};
 use crate::destinations::DestinationStore;

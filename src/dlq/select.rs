@@ -1,4 +1,5 @@
-//! Which dead letters a request means, and reading them from `HS_DLQ` in order.
+//! Reading the dead letters a request means from `HS_DLQ`, in order: a page of a
+//! [`DeadLetterFilter`], or the listed ids of a [`Target`].
 //!
 //! Everything is read with direct gets (`next_by_subj` from a sequence), so no consumer
 //! is created and any replica, or any NATS client, can read the same way. Tenant and
@@ -25,65 +26,17 @@ use std::fmt;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 
 use super::DlqError;
-use super::browse::StoredDeadLetter;
+use super::filter::{DeadLetterFilter, Target};
+use super::letter::{self, StoredDeadLetter, stored_at};
 use crate::broker::{Broker, BrokerError};
-use crate::model::{DestinationId, EventPattern, TenantId};
+use crate::model::TenantId;
 
-/// The filters of a list, replay or purge. Every field narrows; none means all.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub tenant: Option<TenantId>,
-    pub destination: Option<DestinationId>,
-    /// An event type or a pattern (`order.*`, `order.>`).
-    pub event_type: Option<EventPattern>,
-    /// Dead-lettered at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// Dead-lettered at or before this time.
-    pub until: Option<DateTime<Utc>>,
-}
-
-impl Selection {
-    /// Whether no filter is set.
-    pub fn is_everything(&self) -> bool {
-        self.tenant.is_none()
-            && self.destination.is_none()
-            && self.event_type.is_none()
-            && self.since.is_none()
-            && self.until.is_none()
-    }
-
-    /// Whether the subject alone decides (no event type, no time range).
-    pub fn is_by_subject_only(&self) -> bool {
-        self.event_type.is_none() && self.since.is_none() && self.until.is_none()
-    }
-
-    pub fn filter_subject(&self, broker: &Broker) -> String {
-        broker.subjects.dlq_filter(
-            self.tenant.as_ref().map(TenantId::as_str),
-            self.destination.as_ref().map(DestinationId::as_str),
-        )
-    }
-
-    /// The checks the subject cannot make. Tenant and destination are checked again so
-    /// that a dead letter read by id is held to the same filters.
-    pub fn matches(&self, letter: &StoredDeadLetter) -> bool {
-        self.tenant
-            .as_ref()
-            .is_none_or(|t| t.as_str() == letter.tenant)
-            && self
-                .destination
-                .as_ref()
-                .is_none_or(|d| d.as_str() == letter.destination_id)
-            && self
-                .event_type
-                .as_ref()
-                .is_none_or(|p| letter.event_type.as_deref().is_some_and(|t| p.matches(t)))
-            && self.since.is_none_or(|t| letter.dead_lettered_at >= t)
-            && self.until.is_none_or(|t| letter.dead_lettered_at <= t)
-    }
-}
+/// Dead letters looked at per call of [`pick`], per dead letter asked for (a selective
+/// event-type filter may look at many to find a few).
+const SCAN_FACTOR: usize = 20;
 
 /// Order of a listing. Replays and purges always go oldest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,16 +82,70 @@ pub struct Scan {
     pub next: Option<Cursor>,
 }
 
-/// When `HS_DLQ` stored the message.
-pub fn stored_at(message: &StreamMessage) -> DateTime<Utc> {
-    DateTime::from_timestamp_nanos(message.time.unix_timestamp_nanos() as i64)
+/// The dead letters one replay or purge call works on.
+pub struct Picked {
+    /// In sequence order.
+    pub letters: Vec<StoredDeadLetter>,
+    /// Where the next call goes on (filters only).
+    pub next: Option<Cursor>,
+    /// Listed ids that are not (or no longer) dead letters, or another tenant's.
+    pub not_found: Vec<u64>,
+}
+
+/// The dead letters of this call: the listed ids (in sequence order, missing ones noted),
+/// or the next page of the filter, oldest first. `tenant` (a tenant key's scope) narrows
+/// either, whatever the filter said.
+pub async fn pick(
+    broker: &Broker,
+    target: &Target,
+    tenant: Option<&TenantId>,
+    cursor: Option<Cursor>,
+    limit: usize,
+) -> Result<Picked, DlqError> {
+    match target {
+        Target::Ids(ids) => {
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            let read: Vec<Result<Option<StoredDeadLetter>, DlqError>> =
+                futures::stream::iter(ids.iter().copied())
+                    .map(|id| letter::get(broker, id))
+                    .buffered(32)
+                    .collect()
+                    .await;
+            let mut picked = Picked {
+                letters: Vec::with_capacity(ids.len()),
+                next: None,
+                not_found: Vec::new(),
+            };
+            for (id, letter) in ids.into_iter().zip(read) {
+                match letter? {
+                    Some(l) if tenant.is_none_or(|t| t.as_str() == l.tenant) => {
+                        picked.letters.push(l)
+                    }
+                    _ => picked.not_found.push(id),
+                }
+            }
+            Ok(picked)
+        }
+        Target::Filter(filter) => {
+            let filter = filter.scoped_to(tenant);
+            let budget = limit.saturating_mul(SCAN_FACTOR).max(10_000);
+            let scan = scan(broker, &filter, Order::Oldest, cursor, limit, budget).await?;
+            Ok(Picked {
+                letters: scan.letters,
+                next: scan.next,
+                not_found: Vec::new(),
+            })
+        }
+    }
 }
 
 /// Up to `want` dead letters of `selection` in `order` after `cursor`, looking at no more
 /// than `budget` messages.
 pub async fn scan(
     broker: &Broker,
-    selection: &Selection,
+    selection: &DeadLetterFilter,
     order: Order,
     cursor: Option<Cursor>,
     want: usize,
@@ -195,7 +202,7 @@ pub async fn scan(
 
 struct Reader<'a> {
     broker: &'a Broker,
-    selection: &'a Selection,
+    selection: &'a DeadLetterFilter,
     filter: String,
     looked_at: usize,
     budget: usize,
@@ -341,52 +348,5 @@ mod tests {
         for bad in ["", "17", "a-b", "17-", "-5", "600-500", "1.5-9"] {
             assert!(Cursor::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn selection_checks_what_the_subject_cannot() {
-        let letter = |event_type: Option<&str>, secs: i64| StoredDeadLetter {
-            seq: 1,
-            tenant: "acme".into(),
-            destination_id: "d1".into(),
-            event_id: None,
-            event_type: event_type.map(String::from),
-            reason: None,
-            attempts: None,
-            last_status: None,
-            last_error: None,
-            first_attempt_at: None,
-            last_attempt_at: None,
-            dead_lettered_at: DateTime::from_timestamp(secs, 0).unwrap(),
-            original_seq: None,
-            replay_of: None,
-            headers: Default::default(),
-            body: Default::default(),
-        };
-        let by_type = Selection {
-            event_type: Some(EventPattern::parse("order.*").unwrap()),
-            ..Default::default()
-        };
-        assert!(by_type.matches(&letter(Some("order.created"), 10)));
-        assert!(!by_type.matches(&letter(Some("user.created"), 10)));
-        assert!(
-            !by_type.matches(&letter(None, 10)),
-            "no type never matches a type"
-        );
-        let by_time = Selection {
-            since: DateTime::from_timestamp(10, 0),
-            until: DateTime::from_timestamp(20, 0),
-            ..Default::default()
-        };
-        assert!(by_time.matches(&letter(None, 10)));
-        assert!(by_time.matches(&letter(None, 20)));
-        assert!(!by_time.matches(&letter(None, 9)));
-        assert!(!by_time.matches(&letter(None, 21)));
-        let other_tenant = Selection {
-            tenant: Some(TenantId::parse("other").unwrap()),
-            ..Default::default()
-        };
-        assert!(!other_tenant.matches(&letter(None, 10)));
-        assert!(Selection::default().is_everything());
     }
 }

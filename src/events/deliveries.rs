@@ -17,7 +17,8 @@ use crate::destinations::Registry;
 use crate::destinations::{DestinationError, DestinationStore};
 use crate::flow::Flow;
 use crate::flow::circuit::Gate;
-use crate::model::{AttemptRecord, DeliveryStatus, TenantId};
+use crate::history::{self, StoredEvent};
+use crate::model::{AttemptRecord, DeliveryStatus, EventId, TenantId};
 
 /// Events whose last attempts are asked for in one request (each may have several
 /// destinations; the server answers at most 1024 subjects).
@@ -44,6 +45,27 @@ pub struct EventRef<'a> {
     pub stored_at: Option<DateTime<Utc>>,
 }
 
+impl<'a> EventRef<'a> {
+    /// The stored event as the delivery status look-up needs it.
+    pub fn of(stored: &'a StoredEvent, id: &'a str) -> Self {
+        Self {
+            tenant: &stored.tenant,
+            id,
+            event_type: stored.event_type(),
+            directed_to: stored.directed_to.as_deref(),
+            stored_at: stored.stored_at,
+        }
+    }
+}
+
+/// An event as stored, every attempt made for it (oldest first) and its delivery status
+/// per destination: what `GET /v1/events/{id}` and the console's event page show.
+pub struct EventDetail {
+    pub stored: StoredEvent,
+    pub attempts: Vec<AttemptRecord>,
+    pub deliveries: Vec<Delivery>,
+}
+
 /// Everything needed to tell a delivery's status; borrowed from the API's state.
 #[derive(Clone, Copy)]
 pub struct Deliveries<'a> {
@@ -64,6 +86,30 @@ impl Deliveries<'_> {
             }
             other => other,
         }
+    }
+
+    /// The event and its deliveries, if it exists and `visible` lets its tenant be seen
+    /// (a key's scope: another tenant's event is not found either).
+    pub async fn event(
+        &self,
+        id: &EventId,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<Option<EventDetail>, DestinationError> {
+        let Some(stored) = history::find_event(self.broker, id)
+            .await?
+            .filter(|s| visible(&s.tenant))
+        else {
+            return Ok(None);
+        };
+        let attempts = history::attempts_of(self.broker, &stored.tenant, id).await?;
+        let deliveries = self
+            .of_event(&EventRef::of(&stored, id.as_str()), attempts.clone())
+            .await?;
+        Ok(Some(EventDetail {
+            stored,
+            attempts,
+            deliveries,
+        }))
     }
 
     /// One delivery per destination: those with attempts (`records`, oldest first, any
@@ -172,7 +218,7 @@ impl Deliveries<'_> {
                             e,
                         )
                     })?;
-                    for record in crate::history::attempts_of(self.broker, chunk[0].tenant, &id)
+                    for record in history::attempts_of(self.broker, chunk[0].tenant, &id)
                         .await?
                         .into_iter()
                         .filter(|r| only.is_none_or(|d| d == r.destination_id))

@@ -5,5 +5,5 @@
 pub mod deliveries;
 pub mod search;
 
-pub use deliveries::{Deliveries, Delivery, EventRef};
+pub use deliveries::{Deliveries, Delivery, EventDetail, EventRef};
 pub use search::{Cursor, EventSummary, Page, Query, SearchError};

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::progress::{self, FileRecord, Lease, Origin, RejectedLine, Status};
-use super::runner::Observed;
+use super::progress::{self, FileRecord, Lease, Observed, Origin, RejectedLine, Status};
 use super::{Files, FilesError, Format, file_id, hex};
 use crate::config::FolderConfig;
 use crate::model::TenantId;
@@ -101,8 +100,8 @@ impl Files {
         info!(path = %cfg.path.display(), "watching folder");
         let mut seen: HashMap<PathBuf, Seen> = HashMap::new();
         let mut observed = Observed::default();
-        let rescan = Duration::from_millis(self.cfg.ingest.rescan_ms);
-        let settle = Duration::from_millis(cfg.settle_ms);
+        let rescan = self.cfg.ingest.rescan;
+        let settle = cfg.settle;
         loop {
             if let Err(e) = self
                 .scan_folder(&cfg, &mut seen, &mut observed, &tracker, &token)
@@ -133,7 +132,7 @@ impl Files {
         tracker: &TaskTracker,
         token: &CancellationToken,
     ) -> Result<(), FilesError> {
-        let settle = Duration::from_millis(cfg.settle_ms);
+        let settle = cfg.settle;
         let now = Instant::now();
         let mut present = Vec::new();
         for entry in fs::read_dir(&cfg.path)? {
@@ -446,7 +445,7 @@ mod tests {
             event_type: Some("a.b".into()),
             type_column: None,
             format: "csv".into(),
-            settle_ms: 10,
+            settle: std::time::Duration::from_millis(10),
         };
         let err = check(&cfg).unwrap_err().to_string();
         assert!(err.contains("cannot be read"), "{err}");

@@ -246,7 +246,7 @@ impl Files {
     /// Every file record, newest first.
     pub fn list(&self) -> Vec<FileRecord> {
         let retention = chrono::Duration::seconds(
-            i64::try_from(self.cfg.ingest.files_retention_secs).unwrap_or(i64::MAX / 2),
+            i64::try_from(self.cfg.ingest.files_retention.as_secs()).unwrap_or(i64::MAX / 2),
         );
         let now = Utc::now();
         let mut all: Vec<FileRecord> = self

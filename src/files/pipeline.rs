@@ -10,7 +10,6 @@
 //! JetStream's window, and counted as such).
 
 use std::io::Read;
-use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::{BoxFuture, FutureExt};
@@ -152,7 +151,7 @@ impl Run<'_> {
     ) -> Result<bool, FilesError> {
         let cfg = &self.files.cfg.ingest;
         let window = cfg.publish_window;
-        let mut beat = tokio::time::interval(Duration::from_millis(cfg.lease_ms / 3));
+        let mut beat = tokio::time::interval(cfg.lease / 3);
         beat.reset();
         let mut pending: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
         let mut input_open = true;
@@ -278,7 +277,7 @@ impl Run<'_> {
                 Err(IngestError::Broker(e)) => return Err(FilesError::Broker(e)),
                 Err(e) => return Err(FilesError::Invalid(e.to_string())),
             };
-            let beat = Duration::from_millis(self.files.cfg.ingest.lease_ms / 3);
+            let beat = self.files.cfg.ingest.lease / 3;
             tokio::select! {
                 _ = tokio::time::sleep(wait.min(beat)) => {}
                 _ = token.cancelled() => return Ok(()),

@@ -6,10 +6,14 @@
 //! a CAS on that revision, and the old owner's next write fails, so it stops. No clocks
 //! are compared between replicas: each times the silence on its own monotonic clock.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::FilesError;
 use crate::broker::BrokerError;
@@ -27,6 +31,16 @@ pub enum Status {
 impl Status {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Done | Self::Failed)
+    }
+
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
     }
 }
 
@@ -145,6 +159,28 @@ pub async fn create(
     }
 }
 
+/// Leases as another replica sees them: the revision of each file record seen with an owner, and since when (this replica's
+/// clock): the owner is presumed dead once it has not rewritten it for a lease.
+#[derive(Default)]
+pub struct Observed(HashMap<String, (u64, Instant)>);
+
+impl Observed {
+    /// Whether the owner of `id` has been silent for `lease` at `revision`.
+    pub(crate) fn silent(&mut self, id: &str, revision: u64, lease: Duration) -> bool {
+        let now = Instant::now();
+        let seen = self.0.entry(id.to_string()).or_insert((revision, now));
+        if seen.0 != revision {
+            *seen = (revision, now);
+            return false;
+        }
+        now.duration_since(seen.1) >= lease
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.0.remove(id);
+    }
+}
+
 /// Ownership of one file: the record as this replica last wrote it, and its revision.
 pub struct Lease {
     kv: kv::Store,
@@ -240,4 +276,21 @@ pub async fn save_errors(kv: &kv::Store, id: &str, errors: &KeptErrors) -> Resul
         .await
         .map(drop)
         .map_err(|e| FilesError::Broker(BrokerError::new("writing rejected lines", e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_spelled_as_serde_writes_it() {
+        for s in [
+            Status::Queued,
+            Status::Processing,
+            Status::Done,
+            Status::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }

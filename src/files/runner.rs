@@ -5,43 +5,19 @@
 //! dead). The uploads scan walks the object store, whose objects are exactly the uploads
 //! whose ingest is not done; the folder scan (`folder.rs`) walks the folder.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::progress::{self, FileRecord, Lease, Origin};
+use super::progress::{self, FileRecord, Lease, Observed, Origin};
 use super::{Files, FilesError, pipeline};
 
 /// An object without a record this old is the leftover of an upload that died between
 /// storing and recording: no client got a 202 for it.
 const ORPHAN_AGE: Duration = Duration::from_secs(60);
-
-/// The revision of each file record seen with an owner, and since when (this replica's
-/// clock): the owner is presumed dead once it has not rewritten it for a lease.
-#[derive(Default)]
-pub struct Observed(HashMap<String, (u64, Instant)>);
-
-impl Observed {
-    /// Whether the owner of `id` has been silent for `lease` at `revision`.
-    fn silent(&mut self, id: &str, revision: u64, lease: Duration) -> bool {
-        let now = Instant::now();
-        let seen = self.0.entry(id.to_string()).or_insert((revision, now));
-        if seen.0 != revision {
-            *seen = (revision, now);
-            return false;
-        }
-        now.duration_since(seen.1) >= lease
-    }
-
-    pub fn forget(&mut self, id: &str) {
-        self.0.remove(id);
-    }
-}
 
 impl Files {
     /// Claims the file when it is this replica's to take, and starts its ingest.
@@ -56,7 +32,7 @@ impl Files {
         if record.status.is_finished() || self.is_running(&record.id) {
             return Ok(false);
         }
-        let lease = Duration::from_millis(self.cfg.ingest.lease_ms);
+        let lease = self.cfg.ingest.lease;
         if record.owner.is_some() && !observed.silent(&record.id, revision, lease) {
             return Ok(false);
         }
@@ -108,7 +84,7 @@ impl Files {
     /// Scans for uploads to take until `token` is cancelled.
     pub async fn run_uploads(self, tracker: TaskTracker, token: CancellationToken) {
         let mut observed = Observed::default();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.ingest.rescan_ms));
+        let mut tick = tokio::time::interval(self.cfg.ingest.rescan);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -22,10 +22,11 @@ use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream::Stream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::circuit_state::chrono_of;
+pub use super::circuit_state::{CircuitPolicy, Claim, Stored, Verdict};
 use crate::broker::{BrokerError, consumers, names};
 use crate::model::DestinationId;
 pub use crate::model::circuit::{CircuitView, Phase};
@@ -41,50 +42,6 @@ const CAS_ROUNDS: usize = 16;
 /// revision the previous one wrote in the local copy and writes once.
 const TRANSITION_STRIPES: usize = 64;
 
-#[derive(Debug, Clone, Copy)]
-pub struct CircuitPolicy {
-    pub threshold: u32,
-    pub cooldown: Duration,
-    pub probes: u32,
-}
-
-/// What is stored: closed (with a failure count) or open until a time. Half-open is
-/// "open and the cool-down is over".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stored {
-    pub open: bool,
-    /// Consecutive failed attempts.
-    pub failures: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub opened_at: Option<DateTime<Utc>>,
-    /// End of the cool-down.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<DateTime<Utc>>,
-    /// Probes granted since the cool-down ended.
-    #[serde(default)]
-    pub probes: u32,
-}
-
-impl Stored {
-    fn closed() -> Self {
-        Self {
-            open: false,
-            failures: 0,
-            opened_at: None,
-            until: None,
-            probes: 0,
-        }
-    }
-
-    pub fn phase(&self, now: DateTime<Utc>) -> Phase {
-        match (self.open, self.until) {
-            (false, _) => Phase::Closed,
-            (true, Some(until)) if now < until => Phase::Open,
-            (true, _) => Phase::HalfOpen,
-        }
-    }
-}
-
 /// What the circuit says about sending now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -93,15 +50,6 @@ pub enum Gate {
     Open(Duration),
     /// Send only with a granted probe.
     HalfOpen,
-}
-
-/// How an attempt bears on the circuit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The receiver answered (2xx, or a 4xx about this one request): it is alive.
-    Alive,
-    /// No answer, 5xx, 408 or 429.
-    Unwell,
 }
 
 pub struct Circuits {
@@ -191,82 +139,113 @@ impl Circuits {
 
     /// Counts an attempt's result; opens or closes the circuit when it should.
     /// `may_pause`: the destination is active, so its consumer may be paused and resumed
-    /// (an operator's pause is never undone here).
+    /// (an operator's pause is never undone here). `announce`: the interval between two
+    /// announcements of this circuit, when this attempt may claim one (it may not when it
+    /// delivered an operational event: an operational event never causes another).
     pub async fn record(
         &self,
         destination: &DestinationId,
         verdict: Verdict,
         may_pause: bool,
-    ) -> Result<(), BrokerError> {
+        announce: Option<Duration>,
+    ) -> Result<Settled, BrokerError> {
+        if verdict == Verdict::Delivered && !self.is_known(destination.as_str()) {
+            // Healthy: no entry, nothing to write, nothing to read.
+            return Ok(Settled::default());
+        }
         let policy = self.policy;
+        let written = self
+            .transition(destination, |s, now| {
+                let mut next = s.after(verdict, now, &policy)?;
+                if let Some(interval) = announce {
+                    next.claim(now, interval);
+                }
+                Some(next)
+            })
+            .await?;
+        let mut settled = Settled::default();
+        if let Some((before, after)) = &written {
+            self.act_on(destination, before, after, may_pause).await?;
+            if after.announced != before.announced {
+                settled.news = Some(CircuitNews::of(after));
+            }
+        }
+        let now = Utc::now();
+        let known = self.known.read().expect("circuit lock is never poisoned");
+        if let Some((current, _)) = known.get(destination.as_str()) {
+            settled.failing_since = current.failing_since;
+            if let (Some(interval), None) = (announce, &settled.news)
+                && let Claim::Deferred(due) = current.claim_state(now, interval)
+            {
+                settled.deferred = Some(Deferral {
+                    open: current.open,
+                    failures: current.failures,
+                    due,
+                });
+            }
+        }
+        Ok(settled)
+    }
+
+    /// The announcement of the circuit's current state put off by [`Circuits::record`],
+    /// now that it may be due: claimed if the circuit is still `open` (or still closed)
+    /// and the subscribers were told otherwise more than `interval` ago.
+    pub async fn claim_due(
+        &self,
+        destination: &DestinationId,
+        open: bool,
+        interval: Duration,
+    ) -> Result<Claimed, BrokerError> {
+        let written = self
+            .transition(destination, |s, now| {
+                let mut next = s.clone();
+                (s.open == open && next.claim(now, interval) == Claim::Claimed).then_some(next)
+            })
+            .await?;
+        if let Some((_, after)) = written {
+            return Ok(Claimed::News(CircuitNews::of(&after)));
+        }
+        let known = self.known.read().expect("circuit lock is never poisoned");
+        Ok(match known.get(destination.as_str()) {
+            Some((s, _)) if s.open == open => match s.claim_state(Utc::now(), interval) {
+                Claim::Deferred(due) => Claimed::Later(due),
+                _ => Claimed::Nothing,
+            },
+            _ => Claimed::Nothing,
+        })
+    }
+
+    fn is_known(&self, destination: &str) -> bool {
+        let known = self.known.read().expect("circuit lock is never poisoned");
+        known.contains_key(destination)
+    }
+
+    /// What a written transition leads to besides the entry: the consumer paused or
+    /// resumed, a log line, the metric.
+    async fn act_on(
+        &self,
+        destination: &DestinationId,
+        before: &Stored,
+        after: &Stored,
+        may_pause: bool,
+    ) -> Result<(), BrokerError> {
         let name = names::consumer_name(destination);
         let shard = names::shard_of(destination.as_str(), self.shards.len() as u32);
         // A destination without a consumer now has nothing to pause or resume: the
         // dispatcher's gate holds it back, and its next consumer is made paused or not.
         let consumer_stream = &self.shards[shard as usize];
-        match verdict {
-            Verdict::Alive => {
-                let known = {
-                    let known = self.known.read().expect("circuit lock is never poisoned");
-                    known.contains_key(destination.as_str())
-                };
-                if !known {
-                    return Ok(());
-                }
-                let written = self
-                    .transition(destination, |s, _| {
-                        (s.open || s.failures > 0).then(Stored::closed)
-                    })
-                    .await?;
-                if let Some((before, _)) = written
-                    && before.open
-                {
-                    info!(destination_id = %destination, "circuit closed");
-                    if may_pause {
-                        consumers::set_paused(consumer_stream, &name, false).await?;
-                    }
-                }
+        if before.open && !after.open {
+            info!(destination_id = %destination, "circuit closed");
+            if may_pause {
+                consumers::set_paused(consumer_stream, &name, false).await?;
             }
-            Verdict::Unwell => {
-                let written = self
-                    .transition(destination, |s, now| {
-                        let failures = s.failures.saturating_add(1);
-                        let open_now = match s.phase(now) {
-                            Phase::Closed => failures >= policy.threshold,
-                            // A probe failed: another cool-down.
-                            Phase::HalfOpen => true,
-                            // A request that was in flight when it opened: nothing to
-                            // change, so nothing written.
-                            Phase::Open => return None,
-                        };
-                        Some(if open_now {
-                            Stored {
-                                open: true,
-                                failures,
-                                opened_at: Some(now),
-                                until: Some(now + chrono_of(policy.cooldown)),
-                                probes: 0,
-                            }
-                        } else {
-                            Stored {
-                                failures,
-                                ..s.clone()
-                            }
-                        })
-                    })
-                    .await?;
-                if let Some((before, after)) = written
-                    && after.open
-                    && after.opened_at != before.opened_at
-                {
-                    let until = after.until.expect("an open circuit has an end");
-                    warn!(destination_id = %destination, failures = after.failures, until = %until, "circuit open");
-                    metrics::counter!(m::CIRCUIT_OPENED).increment(1);
-                    if may_pause {
-                        // The server resumes the consumer by itself when the cool-down ends.
-                        consumers::pause_until(consumer_stream, &name, until).await?;
-                    }
-                }
+        } else if after.open && after.opened_at != before.opened_at {
+            let until = after.until.expect("an open circuit has an end");
+            warn!(destination_id = %destination, failures = after.failures, until = %until, "circuit open");
+            metrics::counter!(m::CIRCUIT_OPENED).increment(1);
+            if may_pause {
+                // The server resumes the consumer by itself when the cool-down ends.
+                consumers::pause_until(consumer_stream, &name, until).await?;
             }
         }
         Ok(())
@@ -418,33 +397,59 @@ impl Circuits {
                 let v = self.view(&k);
                 (k, v)
             })
+            // Entries also remember auto-disable and announcement facts of closed ones.
+            .filter(|(_, v)| v.state != Phase::Closed || v.failures > 0)
             .collect()
     }
 }
 
-fn chrono_of(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// What an attempt did to the circuit that operational events care about.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// This attempt claimed the announcement of the circuit's new state.
+    pub news: Option<CircuitNews>,
+    /// The state differs from what was announced less than the interval ago: it may be
+    /// announced later ([`Circuits::claim_due`]).
+    pub deferred: Option<Deferral>,
+    /// Every attempt has failed since this time (none: the last one was delivered).
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// An announcement put off by the interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Deferral {
+    /// The state to announce then, if it still holds.
+    pub open: bool,
+    pub failures: u32,
+    pub due: DateTime<Utc>,
+}
 
-    #[test]
-    fn half_open_is_open_after_the_cool_down() {
-        let now = Utc::now();
-        let open = Stored {
-            open: true,
-            failures: 5,
-            opened_at: Some(now),
-            until: Some(now + chrono::Duration::seconds(30)),
-            probes: 0,
-        };
-        assert_eq!(open.phase(now), Phase::Open);
-        assert_eq!(
-            open.phase(now + chrono::Duration::seconds(31)),
-            Phase::HalfOpen
-        );
-        assert_eq!(Stored::closed().phase(now), Phase::Closed);
+/// A circuit state to announce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitNews {
+    pub open: bool,
+    pub failures: u32,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl CircuitNews {
+    fn of(s: &Stored) -> Self {
+        Self {
+            open: s.open,
+            failures: s.failures,
+            opened_at: s.opened_at.filter(|_| s.open),
+            until: s.until.filter(|_| s.open),
+        }
     }
+}
+
+/// The answer of [`Circuits::claim_due`].
+#[derive(Debug, PartialEq)]
+pub enum Claimed {
+    News(CircuitNews),
+    /// Still too early (another replica announced meanwhile): ask again then.
+    Later(DateTime<Utc>),
+    /// Nothing to announce: the subscribers know the state, or it changed again.
+    Nothing,
 }

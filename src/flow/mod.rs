@@ -3,13 +3,16 @@
 //!
 //! - [`gcra`]: the rate-limit arithmetic on one number.
 //! - [`rate`]: rate limits shared through KV `hs_ratelimit`, leased in small batches.
-//! - [`circuit`]: circuit breakers shared through KV `hs_circuit`.
+//! - [`circuit`]: circuit breakers shared through KV `hs_circuit`; [`circuit_state`] is
+//!   the stored entry and what each attempt does to it (which also tells operational
+//!   events when to announce a circuit and since when a destination has been failing).
 //!
 //! Concurrency (`max_in_flight`) is not here: it is the consumer's `max_ack_pending`,
 //! which the server enforces for all replicas together. Ordered destinations are the
 //! consumer's `max_ack_pending = 1` plus retries in place (`delivery/attempt.rs`).
 
 pub mod circuit;
+pub mod circuit_state;
 pub mod gcra;
 pub mod rate;
 
@@ -23,7 +26,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::FlowConfig;
 use crate::model::Destination;
 use crate::telemetry::metrics as m;
-use circuit::{CircuitPolicy, Circuits, Gate, Verdict};
+use circuit::{CircuitPolicy, Circuits, Gate, Settled, Verdict};
 use rate::{Limit, SharedRateLimiter};
 
 /// How long to hold a message when the flow state cannot be read (NATS trouble):
@@ -43,13 +46,15 @@ pub struct Flow {
     pub circuits: Arc<Circuits>,
     tenant_default: Option<Limit>,
     tenants: BTreeMap<String, Limit>,
+    /// At most one announcement of a destination's circuit per this long (ADR 0013).
+    announce_interval: Duration,
 }
 
 impl Flow {
     pub fn new(broker: &Broker, cfg: &FlowConfig) -> Self {
         let policy = CircuitPolicy {
             threshold: cfg.circuit_failure_threshold,
-            cooldown: Duration::from_millis(cfg.circuit_cooldown_ms),
+            cooldown: cfg.circuit_cooldown,
             probes: cfg.circuit_probes,
         };
         let limit = |l: &crate::config::TenantLimit| {
@@ -61,7 +66,7 @@ impl Flow {
         Self {
             rate: SharedRateLimiter::new(
                 broker.ratelimit.clone(),
-                Duration::from_millis(cfg.rate_lease_horizon_ms),
+                cfg.rate_lease_horizon,
                 cfg.rate_lease_max,
             ),
             circuits: Arc::new(Circuits::new(
@@ -76,6 +81,7 @@ impl Flow {
                 .map(|(t, l)| (t.clone(), limit(l)))
                 .filter_map(|(t, l)| l.map(|l| (t, l)))
                 .collect(),
+            announce_interval: cfg.circuit_announce_interval,
         }
     }
 
@@ -121,15 +127,31 @@ impl Flow {
         Admission::Send
     }
 
-    /// After each attempt.
-    pub async fn settle(&self, destination: &Destination, verdict: Verdict) {
-        if let Err(e) = self
+    /// After each attempt. `announce`: the attempt may claim the announcement of a
+    /// circuit change (not when it delivered an operational event).
+    pub async fn settle(
+        &self,
+        destination: &Destination,
+        verdict: Verdict,
+        announce: bool,
+    ) -> Settled {
+        let interval = announce.then_some(self.announce_interval);
+        match self
             .circuits
-            .record(&destination.id, verdict, destination.is_active())
+            .record(&destination.id, verdict, destination.is_active(), interval)
             .await
         {
-            warn!(destination_id = %destination.id, error = %e, "circuit not updated");
+            Ok(settled) => settled,
+            Err(e) => {
+                warn!(destination_id = %destination.id, error = %e, "circuit not updated");
+                Settled::default()
+            }
         }
+    }
+
+    /// The interval between two announcements of one destination's circuit.
+    pub fn announce_interval(&self) -> Duration {
+        self.announce_interval
     }
 
     /// While the probes of a half-open circuit are out, the others wait this long.
@@ -158,6 +180,7 @@ pub fn verdict(status: Option<u16>) -> Verdict {
     match status {
         None => Verdict::Unwell,
         Some(s) if s >= 500 || s == 408 || s == 429 => Verdict::Unwell,
-        Some(_) => Verdict::Alive,
+        Some(s) if (200..300).contains(&s) => Verdict::Delivered,
+        Some(_) => Verdict::Refused,
     }
 }

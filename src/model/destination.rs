@@ -83,7 +83,9 @@ pub struct Destination {
     /// Operator pause (`/pause`): nothing is sent, events wait in the stream.
     #[serde(default)]
     pub paused: bool,
-    /// Why the destination was disabled by hookstream itself (e.g. a `410 Gone`).
+    /// Why hookstream disabled the destination itself: the receiver's `410 Gone` (a
+    /// sentence naming it), or `failing` (every attempt failed for
+    /// `delivery.disable_after_secs`). Cleared when it is enabled again.
     #[serde(default)]
     pub disabled_reason: Option<String>,
     #[serde(default)]
@@ -101,7 +103,7 @@ impl Destination {
     }
 
     pub fn accepts(&self, event_type: &str) -> bool {
-        self.event_types.iter().any(|p| p.matches(event_type))
+        self.event_types.iter().any(|p| p.subscribes_to(event_type))
     }
 
     pub fn view(&self) -> DestinationView {
@@ -154,6 +156,7 @@ pub struct DestinationView {
     pub ordered: bool,
     pub enabled: bool,
     pub paused: bool,
+    /// Set when hookstream disabled it: the receiver's `410 Gone`, or `failing`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

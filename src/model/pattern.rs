@@ -48,9 +48,33 @@ impl EventPattern {
         &self.0
     }
 
+    /// NATS matching, for filters (dead letters, event search).
     pub fn matches(&self, event_type: &str) -> bool {
         subject_matches(&self.0, event_type)
     }
+
+    /// Whether a destination with this pattern wants events of `event_type`: as
+    /// [`EventPattern::matches`], except that hookstream's own types (first token
+    /// [`RESERVED`]) are only for patterns that name it (`hookstream.>`), not `>` or `*…`.
+    pub fn subscribes_to(&self, event_type: &str) -> bool {
+        subscribes(&self.0, event_type)
+    }
+}
+
+/// The first token of hookstream's own event types (operational events, docs/adr/0013):
+/// a catch-all destination (`>`) does not get them unless it asks by name, so that adding
+/// them changed nothing for the destinations that existed before.
+pub const RESERVED: &str = "hookstream";
+
+/// [`EventPattern::subscribes_to`] on plain strings (the subject index agrees with it).
+pub fn subscribes(pattern: &str, event_type: &str) -> bool {
+    fn first(s: &str) -> &str {
+        s.split('.').next().unwrap_or_default()
+    }
+    if first(event_type) == RESERVED && first(pattern) != RESERVED {
+        return false;
+    }
+    subject_matches(pattern, event_type)
 }
 
 impl<'de> Deserialize<'de> for EventPattern {
@@ -88,6 +112,30 @@ mod tests {
         assert!(subject_matches("*", "a"));
         assert!(!subject_matches("*", "a.b"));
         assert!(!subject_matches("order.created", "order"));
+    }
+
+    #[test]
+    fn hookstream_types_are_only_for_patterns_that_name_them() {
+        for pattern in [">", "*.>", "*.destination.*"] {
+            assert!(subject_matches(pattern, "hookstream.destination.disabled"));
+            assert!(
+                !subscribes(pattern, "hookstream.destination.disabled"),
+                "{pattern}"
+            );
+        }
+        assert!(subscribes(
+            "hookstream.>",
+            "hookstream.destination.disabled"
+        ));
+        assert!(subscribes(
+            "hookstream.destination.*",
+            "hookstream.destination.disabled"
+        ));
+        assert!(!subscribes(
+            "hookstream.event.*",
+            "hookstream.destination.disabled"
+        ));
+        assert!(subscribes(">", "order.created"));
     }
 
     #[test]

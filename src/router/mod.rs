@@ -40,7 +40,7 @@ use crate::broker::{Broker, BrokerError, doorbell};
 use crate::delivery::dead_letter;
 use crate::delivery::stats::StatsCounters;
 use crate::destinations::Registry;
-use crate::dlq::DeadLetter;
+use crate::dlq::{DeadLetter, DlqReason};
 use crate::ingest::AcceptedRecord;
 use crate::telemetry::metrics as m;
 
@@ -66,6 +66,32 @@ struct Pending {
     headers: HeaderMap,
     payload: Bytes,
     ack: Option<PublishAckFuture>,
+    /// For a delivery: its event (index in the window), destination and tenant.
+    delivery: Option<(usize, Arc<str>, String)>,
+    /// The shard refused it: the destination is at `events.delivery_max_per_destination`.
+    backlog_full: bool,
+}
+
+impl Pending {
+    fn new(subject: String, headers: HeaderMap, payload: Bytes) -> Self {
+        Self {
+            subject,
+            headers,
+            payload,
+            ack: None,
+            delivery: None,
+            backlog_full: false,
+        }
+    }
+}
+
+/// Whether a PubAck error is the shard's per-destination limit (nats-server's
+/// `ErrMaxMsgsPerSubject`, sent as error 10077 "store failed" whose description is the
+/// only thing that tells it from a full shard).
+fn is_backlog_full(error: &impl std::fmt::Display) -> bool {
+    error
+        .to_string()
+        .contains("maximum messages per subject exceeded")
 }
 
 impl Router {
@@ -136,7 +162,7 @@ impl Router {
         let mut rung: HashMap<Arc<str>, usize> = HashMap::new();
         let mut deliveries = 0u64;
         let mut next_send = 0;
-        for msg in &window {
+        for (index, msg) in window.iter().enumerate() {
             let Ok(info) = msg.info() else { continue };
             let seq = info.stream_sequence;
             let decision = decide(
@@ -158,31 +184,36 @@ impl Router {
                         let mut headers = msg.headers.clone().unwrap_or_default();
                         headers.insert(h::MSG_ID, names::delivery_msg_id(seq, &id).as_str());
                         headers.insert(h::EVENT_SEQ, seq.to_string().as_str());
-                        pending.push(Pending {
-                            subject: self.broker.subjects.delivery(shard, &id),
+                        let mut delivery = Pending::new(
+                            self.broker.subjects.delivery(shard, &id),
                             headers,
-                            payload: msg.payload.clone(),
-                            ack: None,
-                        });
+                            msg.payload.clone(),
+                        );
+                        delivery.delivery = Some((index, id.clone(), tenant.clone()));
+                        pending.push(delivery);
                         *rung.entry(id).or_default() += 1;
                         deliveries += 1;
                     }
                     // The event's lookup record, as ingest writes it: an event published
-                    // straight on NATS is found by id as soon as it is routed.
+                    // straight on NATS (or from a file) is found by id as soon as it is
+                    // routed. The HTTP API writes its own (`Hs-Recorded`).
+                    let recorded = msg
+                        .headers
+                        .as_ref()
+                        .is_some_and(|hs| hs.get(h::RECORDED).is_some());
                     let record = AcceptedRecord {
                         tenant,
                         seq,
                         event_type,
                     };
-                    if let Ok(event_id) = crate::model::EventId::parse(event_id) {
-                        pending.push(Pending {
-                            subject: names::idempotency_subject(&names::idempotency_key(&event_id)),
-                            headers: HeaderMap::new(),
-                            payload: serde_json::to_vec(&record)
+                    if !recorded && let Ok(event_id) = crate::model::EventId::parse(event_id) {
+                        pending.push(Pending::new(
+                            names::idempotency_subject(&names::idempotency_key(&event_id)),
+                            HeaderMap::new(),
+                            serde_json::to_vec(&record)
                                 .expect("record serialises")
                                 .into(),
-                            ack: None,
-                        });
+                        ));
                     }
                 }
                 Decision::DeadLetter {
@@ -191,35 +222,8 @@ impl Router {
                     why,
                 } => {
                     for (id, tenant) in destinations {
-                        let letter = DeadLetter {
-                            tenant: &tenant,
-                            destination_id: &id,
-                            reason,
-                            original_headers: msg.headers.as_ref(),
-                            body: msg.payload.clone(),
-                            original_seq: seq,
-                            attempts: 0,
-                            last_status: None,
-                            last_error: Some(&why),
-                            first_attempt_at: None,
-                            last_attempt_at: None,
-                        };
-                        // Rare; stored before the event is acked, retried until it is.
-                        let event_id = serde_json::from_slice::<serde_json::Value>(&msg.payload)
-                            .ok()
-                            .and_then(|v| v["id"].as_str().map(str::to_string));
-                        while let Err(e) = dead_letter::store(
-                            &self.broker,
-                            &self.stats,
-                            event_id.as_deref(),
-                            letter.clone(),
-                        )
-                        .await
-                        {
-                            warn!(destination_id = %id, seq, error = %e, "dead letter not stored; retrying");
-                            if !self.pause(Duration::from_secs(1)).await {
-                                return;
-                            }
+                        if !self.dead_letter(msg, seq, &id, &tenant, reason, &why).await {
+                            return;
                         }
                     }
                 }
@@ -252,11 +256,34 @@ impl Router {
         failed.sort_unstable();
         for i in failed {
             loop {
+                if pending[i].backlog_full {
+                    // Its destination is at its backlog limit: the delivery goes to the
+                    // DLQ (replayable), so that one destination's backlog never stops
+                    // routing for the others.
+                    let (index, id, tenant) = pending[i].delivery.clone().expect("a delivery");
+                    let msg = &window[index];
+                    let seq = msg.info().map_or(0, |info| info.stream_sequence);
+                    warn!(destination_id = %id, seq, "destination at its backlog limit (events.delivery_max_per_destination); delivery dead-lettered");
+                    metrics::counter!(m::DELIVERIES_REFUSED_BACKLOG_FULL).increment(1);
+                    let why = "the destination's backlog is at events.delivery_max_per_destination";
+                    if !self
+                        .dead_letter(msg, seq, &id, &tenant, DlqReason::BacklogFull, why)
+                        .await
+                    {
+                        return;
+                    }
+                    if let Some(count) = rung.get_mut(&id) {
+                        *count = count.saturating_sub(1);
+                    }
+                    break;
+                }
                 self.send(&mut pending[i]).await;
                 if let Some(ack) = pending[i].ack.take() {
                     match ack.await {
                         Ok(_) => break,
                         Err(e) => {
+                            pending[i].backlog_full =
+                                pending[i].delivery.is_some() && is_backlog_full(&e);
                             warn!(subject = %pending[i].subject, error = %e, "delivery not stored; retrying")
                         }
                     }
@@ -304,8 +331,41 @@ impl Router {
             && let Err(e) = ack.await
         {
             debug!(subject = %p.subject, error = %e, "delivery not acked");
+            p.backlog_full = p.delivery.is_some() && is_backlog_full(&e);
             failed.push(i);
         }
+    }
+
+    /// Stores a dead letter of `msg` for one destination before the event is acked,
+    /// retrying until it is stored (rare: a message that cannot be delivered as it
+    /// stands, or a destination at its backlog limit). Answers false when cancelled.
+    async fn dead_letter(
+        &self,
+        msg: &Message,
+        seq: u64,
+        id: &str,
+        tenant: &str,
+        reason: DlqReason,
+        why: &str,
+    ) -> bool {
+        let letter = DeadLetter::unattempted(tenant, id, reason, msg, seq, why);
+        let event_id = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string));
+        while let Err(e) = dead_letter::store(
+            &self.broker,
+            &self.stats,
+            event_id.as_deref(),
+            letter.clone(),
+        )
+        .await
+        {
+            warn!(destination_id = %id, seq, error = %e, "dead letter not stored; retrying");
+            if !self.pause(Duration::from_secs(1)).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Waits until the registry holds every destination write the bucket holds now (a

@@ -46,8 +46,15 @@ pub const FILES: &str = "hookstream_files_total";
 /// Events the router has routed (acked on `HS_EVENTS`), and the deliveries it wrote.
 pub const EVENTS_ROUTED: &str = "hookstream_events_routed_total";
 pub const DELIVERIES_ROUTED: &str = "hookstream_deliveries_routed_total";
+/// Deliveries the router dead-lettered because their destination was at
+/// `events.delivery_max_per_destination` deliveries waiting (reason `backlog_full`).
+pub const DELIVERIES_REFUSED_BACKLOG_FULL: &str = "hookstream_deliveries_backlog_full_total";
 /// Destination consumers a worker created on their shard (they come and go with work).
 pub const CONSUMERS_CREATED: &str = "hookstream_consumers_created_total";
+
+// Operational events (docs/adr/0013).
+/// Operational events by `type` and `outcome` (`published`, `failed`).
+pub const OPERATIONAL_EVENTS: &str = "hookstream_operational_events_total";
 
 /// The `destination` label value shared by destinations beyond the limit.
 pub const OTHER_DESTINATIONS: &str = "_other";

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod propagation;
 pub mod redact;
 pub mod spans;
+pub mod throughput;
 pub mod traces;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::keys::{ADMIN_KEY, Keyed, make_key, spawn_keyed_app, spawn_keyed_app_with};
 use crate::common::prometheus::Scrape;
+use crate::common::steps::eventually;
 use crate::common::{Receiver, ServiceProcess, spawn_app_on, spawn_app_with};
 
 const WRONG_KEY: &str = "hsk_thisIsNotAKeyOfThisServiceAtAll0123456789ab";
@@ -297,18 +298,11 @@ async fn a_deleted_key_is_refused_on_another_replica_within_two_seconds() {
 
 /// Polls `GET /v1/destinations` until it answers `want`; panics after `within`.
 async fn wait_for_status(keyed: &Keyed<'_>, want: StatusCode, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, _) = keyed.get("/v1/destinations").await;
-        if status == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {status}, not {want}, after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(within, async || match keyed.get("/v1/destinations").await {
+        (status, _) if status == want => Ok(()),
+        (status, _) => Err(format!("still {status}, not {want}")),
+    })
+    .await
 }
 
 #[tokio::test]
@@ -561,18 +555,13 @@ async fn world(app: &crate::common::TestApp, receiver: &Receiver, tenant: &'stat
         .await;
     assert_eq!(status, StatusCode::CREATED, "{dest}");
     let event = steps_send(&me).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let dead_letter = loop {
+    let dead_letter = eventually(Duration::from_secs(20), async || {
         let (_, page) = me.get("/v1/dlq").await;
-        if let Some(id) = page["data"][0]["id"].as_u64() {
-            break id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dead letter for {tenant}: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        page["data"][0]["id"]
+            .as_u64()
+            .ok_or_else(|| format!("no dead letter for {tenant}: {page}"))
+    })
+    .await;
     World {
         tenant,
         key,
@@ -834,18 +823,18 @@ async fn an_event_naming_another_tenant_than_its_subject_is_dead_lettered_tenant
             .await
             .expect("PubAck");
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let letters = loop {
+    let letters = eventually(Duration::from_secs(20), async || {
         let (_, page) = open
             .get(&format!("/v1/dlq?destination_id={d}&order=oldest"))
             .await;
         let letters = page["data"].as_array().cloned().unwrap_or_default();
         if letters.len() >= cases.len() {
-            break letters;
+            Ok(letters)
+        } else {
+            Err(format!("dead letters so far: {page}"))
         }
-        assert!(Instant::now() < deadline, "dead letters so far: {page}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let mut ids: Vec<&str> = letters
         .iter()
         .filter_map(|l| l["event_id"].as_str())

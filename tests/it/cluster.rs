@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::common::cluster::{NatsCluster, SERVICE_PASSWORD, SERVICE_USER};
 use crate::common::load::Load;
 use crate::common::seen::Seen;
+use crate::common::steps::eventually;
 use crate::common::{Receiver, ServiceProcess};
 use hookstream::app::App;
 use hookstream::config::Config;
@@ -41,8 +42,7 @@ async fn service_js(cluster: &NatsCluster) -> jetstream::Context {
 
 /// The server name leading `HS_EVENTS` now, asked until the stream has a leader.
 async fn events_leader(js: &jetstream::Context) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), async || {
         let leader = match js.get_stream("HS_EVENTS").await {
             Ok(mut stream) => stream
                 .info()
@@ -52,12 +52,9 @@ async fn events_leader(js: &jetstream::Context) -> String {
                 .and_then(|cluster| cluster.leader),
             Err(_) => None,
         };
-        if let Some(leader) = leader {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "HS_EVENTS has no leader");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        leader.ok_or_else(|| "HS_EVENTS has no leader".to_string())
+    })
+    .await
 }
 
 /// The event ids on `HS_DLQ` (each dead letter's body is the event envelope).
@@ -80,25 +77,17 @@ async fn dead_lettered_ids(js: &jetstream::Context) -> HashSet<String> {
 }
 
 async fn create_destination(service: &ServiceProcess, receiver: &Receiver) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/destinations", service.base_url()))
-        .header(CONTENT_TYPE, "application/json")
-        .body(
-            json!({
-                "url": receiver.url("/hook"),
-                "event_types": ["order.*"],
-                "timeout_ms": 2000,
-                "max_in_flight": 64,
-                "retry": {"schedule_ms": [200, 500, 1000], "max_attempts": 60},
-            })
-            .to_string(),
-        )
-        .send()
-        .await
-        .expect("create destination");
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    assert_eq!(status, StatusCode::CREATED, "create destination: {body}");
+    crate::common::steps::create_at(
+        &service.base_url(),
+        json!({
+            "url": receiver.url("/hook"),
+            "event_types": ["order.*"],
+            "timeout_ms": 2000,
+            "max_in_flight": 64,
+            "retry": {"schedule_ms": [200, 500, 1000], "max_attempts": 60},
+        }),
+    )
+    .await;
 }
 
 /// How long each part of a chaos run lasts.
@@ -305,19 +294,17 @@ async fn raising_replicas_updates_existing_streams_and_buckets() {
             .await
             .expect("builds with 3 replicas"),
     );
-    // The server reports the new peers once they are placed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    // The server reports the new peers once they are placed: seconds here, more than
+    // 20 s once on a loaded 2-core machine (six streams catching up at once).
+    eventually(Duration::from_secs(60), async || {
         let after = replicas_of(js.clone()).await;
         if after.values().all(|&(r, peers)| r == 3 && peers == 2) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("not all at 3 replicas: {after:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not all at 3 replicas: {after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

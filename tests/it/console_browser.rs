@@ -285,6 +285,47 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
     }
     assert!(delivered, "the replayed dead letter reached the receiver");
 
+    // Uploads: the tenant's own files, one of them with rejected lines.
+    let upload = crate::console::uploaded(
+        &app,
+        ADMIN_KEY,
+        "acme",
+        "{\"name\":\"ada\"}\n{\"name\":\"grace\"}\n{\"broken\":\n",
+    )
+    .await;
+    let their_upload =
+        crate::console::uploaded(&app, ADMIN_KEY, "globex", "{\"name\":\"x\"}\n").await;
+    browser
+        .goto(&format!("{base}/console/destinations"))
+        .await
+        .unwrap();
+    wait_for(&browser, "a[href='/console/uploads']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&browser, &format!("tr[data-upload='{upload}']")).await;
+    assert!(
+        browser
+            .find(Locator::Css(&format!("tr[data-upload='{their_upload}']")))
+            .await
+            .is_err(),
+        "another tenant's upload is not listed"
+    );
+    shot(&browser, "uploads").await;
+    wait_for(&browser, &format!("a[href='/console/uploads/{upload}']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&browser, "#status[data-status='done']").await;
+    let rejected = wait_for(&browser, "#rejected").await;
+    assert!(
+        rejected.text().await.unwrap().contains("invalid JSON"),
+        "the rejected line and its reason"
+    );
+    shot(&browser, "upload").await;
+
     // Sign out: the pages want a session again.
     wait_for(&browser, "#sign-out").await.click().await.unwrap();
     wait_for(&browser, "#key").await;

@@ -43,10 +43,9 @@ async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (Status
 }
 
 async fn create_destination(service: &ServiceProcess, receiver: &Receiver, max_in_flight: u32) {
-    let (status, body) = post_json(
-        &http_client(),
-        &format!("{}/v1/destinations", service.base_url()),
-        &json!({
+    crate::common::steps::create_at(
+        &service.base_url(),
+        json!({
             "url": receiver.url("/hook"),
             "event_types": ["order.*"],
             "timeout_ms": TIMEOUT_MS,
@@ -55,7 +54,6 @@ async fn create_destination(service: &ServiceProcess, receiver: &Receiver, max_i
         }),
     )
     .await;
-    assert_eq!(status, StatusCode::CREATED, "create destination: {body}");
 }
 
 /// Posts events `crash-0 … crash-{n-1}` with `concurrency` requests at a time to whichever

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::steps::send;
+use crate::common::steps::{assert_quiet, eventually, send};
 use crate::common::{Receiver, Request, TestApp, spawn_app, verify_with_python};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,18 +33,6 @@ async fn next_request(receiver: &Receiver, what: &str) -> Request {
         .recv_timeout(DELIVERY_TIMEOUT)
         .await
         .unwrap_or_else(|| panic!("{what}: nothing within {DELIVERY_TIMEOUT:?}"))
-}
-
-#[track_caller]
-fn assert_quiet(request: Option<Request>, what: &str) {
-    if let Some(r) = request {
-        panic!(
-            "{what}: unexpected {} {} webhook-id {:?}",
-            r.method,
-            r.uri,
-            r.header("webhook-id")
-        );
-    }
 }
 
 #[track_caller]
@@ -252,21 +240,18 @@ async fn paused_destination_holds_its_events_until_resumed() {
         pulls_before,
         "pull requests while paused"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let row = eventually(Duration::from_secs(5), async || {
         let (_, stats) = app.get("/v1/stats").await;
-        let row = &stats["data"][0];
+        let row = stats["data"][0].clone();
         if row["backlog"] == 5 {
-            assert_eq!(row["paused"], true, "{row}");
-            assert_eq!(row["delivered"], 0, "{row}");
-            break;
+            Ok(row)
+        } else {
+            Err(format!("stats never showed the 5 waiting events: {stats}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stats never showed the 5 waiting events: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(row["paused"], true, "{row}");
+    assert_eq!(row["delivered"], 0, "{row}");
     let (_, read) = app.get(&format!("/v1/destinations/{id}")).await;
     assert_eq!(read["paused"], true);
 
@@ -603,7 +588,7 @@ async fn destinations_past_the_consumer_limit_wait_for_room_on_their_shard() {
     let app = crate::common::spawn_app_with(|cfg| {
         cfg.events.max_consumers = LIMIT;
         cfg.events.delivery_shards = 1;
-        cfg.delivery.consumer_idle_secs = 1;
+        cfg.delivery.consumer_idle = Duration::from_secs(1);
     })
     .await;
     let receiver = Receiver::start().await;

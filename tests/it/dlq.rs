@@ -10,22 +10,11 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::steps::{create, send};
-use crate::common::{Receiver, Request, TestApp, spawn_app};
+use crate::common::steps::{assert_quiet, create, eventually, send};
+use crate::common::{Receiver, TestApp, spawn_app};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(600);
-
-#[track_caller]
-fn assert_quiet(request: Option<Request>, what: &str) {
-    if let Some(r) = request {
-        panic!(
-            "{what}: unexpected request, attempt {:?} body {:?}",
-            r.header("hs-attempt"),
-            r.body
-        );
-    }
-}
 
 fn header<'a>(message: &'a StreamMessage, name: &str) -> Option<&'a str> {
     message.headers.get(name).map(|v| v.as_str())
@@ -36,16 +25,13 @@ async fn dead_letter(app: &TestApp, tenant: &str, destination: &str) -> StreamMe
     let js = jetstream::new(app.nats.client().await);
     let stream = js.get_stream("HS_DLQ").await.expect("HS_DLQ exists");
     let subject = format!("hs.dlq.{tenant}.{destination}");
-    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
-    loop {
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => return message,
-            Err(e) if tokio::time::Instant::now() > deadline => {
-                panic!("no dead letter on {subject} within {DELIVERY_TIMEOUT:?}: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    eventually(DELIVERY_TIMEOUT, async || {
+        stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .map_err(|e| format!("no dead letter on {subject}: {e}"))
+    })
+    .await
 }
 
 /// How many dead letters `HS_DLQ` holds on `subject`.
@@ -72,42 +58,33 @@ async fn dead_letter_count(app: &TestApp, subject: &str) -> u64 {
 /// Polls the destination's shard until no delivery for it is stored (each one was
 /// delivered or dead-lettered, and acked).
 async fn assert_consumer_drained(app: &TestApp, destination: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting = crate::common::steps::deliveries_waiting(app, destination).await;
-        if waiting == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{destination} still has {waiting} deliveries stored"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        async || match crate::common::steps::deliveries_waiting(app, destination).await {
+            0 => Ok(()),
+            waiting => Err(format!(
+                "{destination} still has {waiting} deliveries stored"
+            )),
+        },
+    )
+    .await
 }
 
 /// Polls `GET /v1/events/{id}` until the destination's delivery status is `status`.
 async fn wait_status(app: &TestApp, event: &str, destination: &str, status: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
-    loop {
+    eventually(DELIVERY_TIMEOUT, async || {
         let (code, view) = app.get(&format!("/v1/events/{event}")).await;
-        let delivery = view["deliveries"]
+        view["deliveries"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|d| d["destination_id"] == destination)
-            .cloned();
-        if let Some(d) = delivery
-            && d["status"] == status
-        {
-            return d;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "event {event} never reached {status} for {destination}: {code} {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .find(|d| d["destination_id"] == destination && d["status"] == status)
+            .cloned()
+            .ok_or_else(|| {
+                format!("event {event} never reached {status} for {destination}: {code} {view}")
+            })
+    })
+    .await
 }
 
 fn timestamp(message: &StreamMessage, name: &str) -> DateTime<Utc> {
@@ -201,8 +178,7 @@ async fn event_is_dead_lettered_after_max_attempts_with_every_documented_header(
     assert_consumer_drained(&app, &destination).await;
 
     // Counters: three failed attempts, one dead letter, nothing delivered.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let row = eventually(Duration::from_secs(5), async || {
         let (_, stats) = app.get("/v1/stats").await;
         let row = stats["data"]
             .as_array()
@@ -212,16 +188,16 @@ async fn event_is_dead_lettered_after_max_attempts_with_every_documented_header(
             .cloned()
             .unwrap_or(Value::Null);
         if row["dead_lettered"] == 1 && row["failed_attempts"] == 3 {
-            assert_eq!(row["delivered"], 0, "{row}");
-            assert_eq!(row["backlog"], 0, "{row}");
-            break;
+            Ok(row)
+        } else {
+            Err(format!(
+                "stats never showed 3 failed and 1 dead-lettered: {row}"
+            ))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stats never showed 3 failed and 1 dead-lettered: {row}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(row["delivered"], 0, "{row}");
+    assert_eq!(row["backlog"], 0, "{row}");
 }
 
 #[tokio::test]
@@ -250,19 +226,16 @@ async fn gone_dead_letters_at_once_and_disables_the_destination_visibly() {
     assert_eq!(header(&letter, "Hs-Last-Status"), Some("410"));
     wait_status(&app, &id, &destination, "dead_lettered").await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let view = loop {
+    let view = eventually(Duration::from_secs(5), async || {
         let (status, view) = app.get(&format!("/v1/destinations/{destination}")).await;
         assert_eq!(status, StatusCode::OK);
         if view["enabled"] == false {
-            break view;
+            Ok(view)
+        } else {
+            Err(format!("destination still enabled after 410: {view}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "destination still enabled after 410: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let reason = view["disabled_reason"].as_str().expect("disabled_reason");
     assert!(
         reason.contains("410"),
@@ -354,14 +327,15 @@ async fn malformed_message_is_dead_lettered_for_each_matching_destination_and_ne
         .expect("publish")
         .await
         .expect("PubAck");
-    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
-    while dead_letter_count(&app, &format!("hs.dlq.default.{orders_id}")).await < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the half envelope was not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(DELIVERY_TIMEOUT, async || {
+        match dead_letter_count(&app, &format!("hs.dlq.default.{orders_id}")).await {
+            n if n >= 2 => Ok(()),
+            n => Err(format!(
+                "the half envelope was not dead-lettered ({n} dead letters)"
+            )),
+        }
+    })
+    .await;
     let letter = dead_letter(&app, "default", &orders_id).await;
     assert_eq!(&letter.payload[..], half);
     assert_eq!(header(&letter, "Hs-Dlq-Reason"), Some("malformed_event"));

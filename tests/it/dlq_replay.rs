@@ -18,8 +18,8 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use crate::common::app::send;
-use crate::common::steps::create;
-use crate::common::{NatsServer, Receiver, Request, ServiceProcess, TestApp, spawn_app};
+use crate::common::steps::{assert_quiet, create, eventually};
+use crate::common::{NatsServer, Receiver, ServiceProcess, TestApp, spawn_app};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(700);
@@ -78,18 +78,11 @@ async fn count_on(nats: &NatsServer, stream: &str, subject: &str) -> usize {
 }
 
 async fn wait_dlq_count(nats: &NatsServer, subject: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let count = dlq_count(nats, subject).await;
-        if count == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{subject}: {count} dead letters, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(TIMEOUT, async || match dlq_count(nats, subject).await {
+        count if count == n => Ok(()),
+        count => Err(format!("{subject}: {count} dead letters, expected {n}")),
+    })
+    .await
 }
 
 /// Event ids in the bodies of every message on `subject` of `stream`.
@@ -147,16 +140,6 @@ async fn listed_events(app: &TestApp, query: &str) -> BTreeSet<String> {
         .into_iter()
         .map(|(_, e)| e)
         .collect()
-}
-
-#[track_caller]
-fn assert_quiet(request: Option<Request>, what: &str) {
-    if let Some(r) = request {
-        panic!(
-            "{what}: unexpected request for {:?}",
-            r.header("webhook-id")
-        );
-    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -608,8 +591,7 @@ async fn resend_sends_a_delivered_event_again() {
     let first_a = a.recv_timeout(TIMEOUT).await.expect("delivered to a");
     b.recv_timeout(TIMEOUT).await.expect("delivered to b");
     // Both attempts recorded (the resend without a destination reads them).
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
+    eventually(TIMEOUT, async || {
         let (_, view) = app.get("/v1/events/again-1").await;
         let delivered = view["deliveries"]
             .as_array()
@@ -618,11 +600,12 @@ async fn resend_sends_a_delivered_event_again() {
             .filter(|d| d["status"] == "delivered")
             .count();
         if delivered == 2 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("not both delivered: {view}"))
         }
-        assert!(tokio::time::Instant::now() < deadline, "{view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let (status, answer) = app
         .post(
@@ -741,11 +724,11 @@ async fn replay_to_a_disabled_destination_needs_enable_destination() {
         .await;
     wait_dlq_count(&app.nats, "hs.dlq.>", 1).await;
     let path = format!("/v1/destinations/{destination}");
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while app.get(&path).await.1["enabled"] != false {
-        assert!(tokio::time::Instant::now() < deadline, "410 disables");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(TIMEOUT, async || match app.get(&path).await.1 {
+        view if view["enabled"] == false => Ok(()),
+        view => Err(format!("410 disables: {view}")),
+    })
+    .await;
     receiver.drain().await;
     receiver.set_status(200);
 

@@ -443,9 +443,9 @@ async fn two_replicas_watching_one_folder_store_each_row_once() {
             event_type: None,
             type_column: Some("kind".into()),
             format: "csv".into(),
-            settle_ms: 100,
+            settle: Duration::from_millis(100),
         });
-        cfg.ingest.rescan_ms = 100;
+        cfg.ingest.rescan = Duration::from_millis(100);
         cfg.ingest.checkpoint_lines = 500;
     };
     let a = spawn_app_on(&nats, folder).await;
@@ -515,7 +515,7 @@ async fn a_missing_folder_stops_the_start_with_a_clear_message() {
         event_type: Some("a.b".into()),
         type_column: None,
         format: "csv".into(),
-        settle_ms: 100,
+        settle: Duration::from_millis(100),
     });
     let err = match hookstream::app::App::build(cfg).await {
         Ok(_) => panic!("started with a missing folder"),

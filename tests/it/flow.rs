@@ -8,13 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::prometheus::Scrape;
+use crate::common::steps::{create, eventually};
 use crate::common::{Receiver, Request, TestApp, spawn_app, spawn_app_on, spawn_app_with};
-
-async fn create_destination(app: &TestApp, body: Value) -> String {
-    let (status, created) = app.create_destination(body).await;
-    assert_eq!(status, StatusCode::CREATED, "create destination: {created}");
-    created["id"].as_str().expect("destination id").to_string()
-}
 
 async fn post_all(apps: &[&TestApp], ids: &[String], event_type: &str) {
     for (i, id) in ids.iter().enumerate() {
@@ -72,7 +67,7 @@ async fn a_rate_limit_holds_across_two_replicas_and_loses_nothing() {
     let a = spawn_app().await;
     let b = spawn_app_on(&a.nats, |_| {}).await;
     let receiver = Receiver::start().await;
-    create_destination(
+    create(
         &a,
         json!({
             "url": receiver.url("/hook"),
@@ -139,14 +134,14 @@ async fn an_open_circuit_sends_nothing_for_the_cool_down_probes_then_delivers_al
     const COOLDOWN: Duration = Duration::from_secs(2);
     let with_circuit = |cfg: &mut hookstream::config::Config| {
         cfg.flow.circuit_failure_threshold = THRESHOLD;
-        cfg.flow.circuit_cooldown_ms = COOLDOWN.as_millis() as u64;
+        cfg.flow.circuit_cooldown = COOLDOWN;
         cfg.flow.circuit_probes = 1;
     };
     let a = spawn_app_with(with_circuit).await;
     let b = spawn_app_on(&a.nats, with_circuit).await;
     let receiver = Receiver::start().await;
     receiver.set_status(503);
-    let id = create_destination(
+    let id = create(
         &a,
         json!({
             "url": receiver.url("/hook"),
@@ -169,17 +164,24 @@ async fn an_open_circuit_sends_nothing_for_the_cool_down_probes_then_delivers_al
         "failed attempts before opening"
     );
     let opened_at = first.last().expect("requests").received_at;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, view) = b.get(&format!("/v1/destinations/{id}")).await;
-    assert_eq!(
-        view["circuit"]["state"], "open",
-        "circuit seen by the other replica: {view}"
-    );
-    let (_, stats) = a.get("/v1/stats").await;
-    assert_eq!(stats["data"][0]["circuit"]["state"], "open", "{stats}");
-    // The event that tripped it waits behind the open circuit.
-    let (_, held) = a.get(&format!("/v1/events/{}", ids[0])).await;
-    assert_eq!(held["deliveries"][0]["status"], "throttled", "{held}");
+    // Seen open by the other replica (through the KV watch), by this one's stats, and the
+    // event that tripped it waits behind the open circuit.
+    eventually(Duration::from_secs(5), async || {
+        let (_, view) = b.get(&format!("/v1/destinations/{id}")).await;
+        let (_, stats) = a.get("/v1/stats").await;
+        let (_, held) = a.get(&format!("/v1/events/{}", ids[0])).await;
+        if view["circuit"]["state"] == "open"
+            && stats["data"][0]["circuit"]["state"] == "open"
+            && held["deliveries"][0]["status"] == "throttled"
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "other replica: {view}; stats: {stats}; tripping event: {held}"
+            ))
+        }
+    })
+    .await;
     assert_eq!(
         metric_sum(&a, "hookstream_circuit_state").await,
         2.0,
@@ -253,12 +255,12 @@ async fn simultaneous_failures_open_the_circuit_with_one_write_each_up_to_the_th
     let with_circuit = |cfg: &mut hookstream::config::Config| {
         cfg.flow.circuit_failure_threshold = THRESHOLD;
         // Nothing happens after the opening within the test's time.
-        cfg.flow.circuit_cooldown_ms = 600_000;
+        cfg.flow.circuit_cooldown = Duration::from_secs(600);
     };
     let app = spawn_app_with(with_circuit).await;
     let receiver = Receiver::start().await;
     receiver.set_status(503);
-    let id = create_destination(
+    let id = create(
         &app,
         json!({
             "url": receiver.url("/hook"),
@@ -286,8 +288,18 @@ async fn simultaneous_failures_open_the_circuit_with_one_write_each_up_to_the_th
         IN_FLIGHT,
         "the whole batch was attempted at once"
     );
-    // Let every attempt's circuit update finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every attempt's circuit update is done once its attempt is recorded (the circuit
+    // is settled first).
+    eventually(Duration::from_secs(10), async || {
+        for event in &ids {
+            let (_, view) = app.get(&format!("/v1/events/{event}")).await;
+            if view["deliveries"][0]["attempts"] != 1 {
+                return Err(format!("{event} has no attempt recorded yet: {view}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
 
     let js = async_nats::jetstream::new(app.nats.client().await);
     let bucket = js
@@ -328,7 +340,7 @@ async fn an_ordered_destination_gets_200_events_in_publish_order_through_failure
     let receiver = Receiver::start().await;
     // Every seventh request fails, so many events need a retry.
     receiver.script((0..EVENTS * 2).map(|i| if i % 7 == 3 { 500 } else { 200 }));
-    create_destination(
+    create(
         &app,
         json!({
             "url": receiver.url("/hook"),
@@ -374,12 +386,12 @@ async fn a_hanging_destination_does_not_slow_a_healthy_one() {
     let app = spawn_app_with(|cfg| cfg.delivery.max_in_flight_total = 64).await;
     let (hanging, healthy) = (Receiver::start().await, Receiver::start().await);
     hanging.set_delay(Duration::from_secs(3600));
-    create_destination(
+    create(
         &app,
         json!({"url": hanging.url("/"), "event_types": ["tick"], "timeout_ms": 5000, "max_in_flight": 32}),
     )
     .await;
-    create_destination(
+    create(
         &app,
         json!({"url": healthy.url("/"), "event_types": ["tick"]}),
     )
@@ -406,14 +418,17 @@ async fn a_hanging_destination_does_not_slow_a_healthy_one() {
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     eprintln!(
-        "healthy destination beside a hanging one: p50 {:?}, p99 {:?}, max {:?}; hanging has {} open",
+        "healthy destination beside a hanging one: p50 {:?}, p99 {:?}, max {:?}; hanging had {} open at once, {} now",
         p(0.5),
         p(0.99),
         latencies[latencies.len() - 1],
+        hanging.max_concurrent(),
         hanging.open_requests()
     );
+    // Its most at once, not what is open at the end: on a loaded machine the run can
+    // outlast the 5 s timeout, after which the hanging requests close and wait to retry.
     assert!(
-        hanging.open_requests() >= 16,
+        hanging.max_concurrent() >= 16,
         "the hanging destination was not busy"
     );
     assert!(p(0.99) < Duration::from_secs(1), "p99 {:?}", p(0.99));

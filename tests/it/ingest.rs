@@ -8,37 +8,25 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::steps::{create, send};
-use crate::common::{Receiver, Request, TestApp, spawn_app};
+use crate::common::steps::{assert_quiet, create, eventually, send};
+use crate::common::{Receiver, TestApp, spawn_app};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(600);
 
-#[track_caller]
-fn assert_quiet(request: Option<Request>, what: &str) {
-    if let Some(r) = request {
-        panic!(
-            "{what}: unexpected request webhook-id {:?} body {:?}",
-            r.header("webhook-id"),
-            r.body
-        );
-    }
-}
-
 /// Polls `GET /v1/events/{id}` until `done` accepts it; returns the view.
 async fn event_view_until(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
-    loop {
+    eventually(DELIVERY_TIMEOUT, async || {
         let (status, view) = app.get(&format!("/v1/events/{id}")).await;
         if status == StatusCode::OK && done(&view) {
-            return view;
+            Ok(view)
+        } else {
+            Err(format!(
+                "event view of {id} never reached the expected state: {status} {view}"
+            ))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "event view of {id} never reached the expected state: {status} {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The `/v1/stats` row of a destination.

@@ -21,6 +21,7 @@ mod ingest;
 mod logs;
 mod metrics;
 mod openapi;
+mod operations;
 mod replicas;
 mod retry;
 mod routing;

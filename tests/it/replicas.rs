@@ -10,13 +10,8 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{NatsServer, Receiver, ServiceProcess, TestApp, spawn_app, spawn_app_on};
-
-async fn create_destination(app: &TestApp, body: Value) -> String {
-    let (status, created) = app.create_destination(body).await;
-    assert_eq!(status, StatusCode::CREATED, "create destination: {created}");
-    created["id"].as_str().expect("destination id").to_string()
-}
+use crate::common::steps::{create, eventually};
+use crate::common::{NatsServer, Receiver, ServiceProcess, spawn_app, spawn_app_on};
 
 /// Requests per `webhook-id` at one receiver.
 fn count_ids(requests: &[crate::common::Request]) -> HashMap<String, usize> {
@@ -63,12 +58,12 @@ async fn events_posted_to_either_replica_reach_every_destination_about_once() {
     // One destination made on each replica. Both keep the default max_in_flight (32),
     // which this load does not reach: see the stall test below for what happens when it
     // is reached with two replicas.
-    create_destination(
+    create(
         &a,
         json!({"url": receivers[0].url("/one"), "event_types": ["order.*"]}),
     )
     .await;
-    create_destination(
+    create(
         &b,
         json!({"url": receivers[1].url("/two"), "event_types": ["order.>"]}),
     )
@@ -137,7 +132,7 @@ async fn max_in_flight_holds_across_replicas_together() {
     let receiver = Receiver::start().await;
     // Slow enough that both replicas have work waiting while the limit is full.
     receiver.set_delay(Duration::from_millis(50));
-    create_destination(
+    create(
         &a,
         json!({
             "url": receiver.url("/hook"),
@@ -183,7 +178,7 @@ async fn a_destination_created_on_one_replica_is_delivered_by_the_other_at_once(
     let receiver = Receiver::start().await;
 
     let created_at = Instant::now();
-    let id = create_destination(
+    let id = create(
         &a,
         json!({"url": receiver.url("/hook"), "event_types": ["user.signed_up"]}),
     )
@@ -216,7 +211,7 @@ async fn deleting_a_destination_on_one_replica_stops_deliveries_from_the_other()
     let receiver = Receiver::start().await;
     // Failing, so the events keep being retried by whichever replica holds them.
     receiver.set_status(500);
-    let id = create_destination(
+    let id = create(
         &b,
         json!({
             "url": receiver.url("/hook"),
@@ -358,15 +353,16 @@ async fn two_service_processes_share_one_destination_without_stalling() {
     );
 
     // The counters are bumped just after the receiver answered; give the last ones a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (a, b) = loop {
+    let (a, b) = eventually(Duration::from_secs(5), async || {
         let a = delivered_count(&client, &first).await;
         let b = delivered_count(&client, &second).await;
-        if a + b >= EVENTS as f64 || Instant::now() > deadline {
-            break (a, b);
+        if a + b >= EVENTS as f64 {
+            Ok((a, b))
+        } else {
+            Err(format!("{a} + {b} deliveries counted of {EVENTS}"))
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     eprintln!(
         "two processes: {a} + {b} deliveries of {EVENTS} events ({} requests) in {took:?}",
         got.len()

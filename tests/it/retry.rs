@@ -186,7 +186,7 @@ async fn retry_after_on_429_pushes_the_next_attempt_later_than_the_schedule() {
 
 #[tokio::test]
 async fn retry_after_on_503_is_capped_by_the_configuration() {
-    let app = spawn_app_with(|cfg| cfg.delivery.retry_after_cap_ms = 700).await;
+    let app = spawn_app_with(|cfg| cfg.delivery.retry_after_cap = Duration::from_millis(700)).await;
     let receiver = Receiver::start().await;
     receiver.script([503]);
     receiver.set_header("retry-after", "3600");

@@ -136,9 +136,9 @@ async fn router_killed_mid_fan_out_loses_no_delivery_and_a_standby_takes_over() 
 async fn a_destination_idle_past_consumer_idle_secs_loses_its_consumer_and_gets_its_next_event() {
     const LATENCY: Duration = Duration::from_secs(1);
     let app = spawn_app_with(|cfg| {
-        cfg.delivery.consumer_idle_secs = 1;
+        cfg.delivery.consumer_idle = Duration::from_secs(1);
         // Only the doorbell can wake the destination within the test.
-        cfg.delivery.sweep_interval_ms = 3_600_000;
+        cfg.delivery.sweep_interval = Duration::from_secs(3600);
     })
     .await;
     let receiver = Receiver::start().await;
@@ -319,10 +319,7 @@ async fn a_destination_without_a_consumer_pauses_and_its_deliveries_wait() {
         json!({"url": receiver.url("/p"), "event_types": ["p.*"]}),
     )
     .await;
-    let (status, body) = app
-        .post(&format!("/v1/destinations/{destination}/pause"), json!({}))
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    steps::act(&app, &destination, "pause").await;
     let id = steps::send(&app, json!({"type": "p.x", "data": {}})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while steps::deliveries_waiting(&app, &destination).await == 0 {
@@ -336,13 +333,166 @@ async fn a_destination_without_a_consumer_pauses_and_its_deliveries_wait() {
             .is_none(),
         "sent while paused"
     );
-    let (status, body) = app
-        .post(&format!("/v1/destinations/{destination}/resume"), json!({}))
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    steps::act(&app, &destination, "resume").await;
     let r = receiver
         .recv_timeout(Duration::from_secs(10))
         .await
         .expect("delivered after resume");
     assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+}
+
+/// A paused destination at `events.delivery_max_per_destination` deliveries waiting: its
+/// next deliveries go to the DLQ with reason `backlog_full` (nothing lost), routing goes
+/// on for a healthy destination of the same events, and after the pause the waiting ones
+/// are delivered and the dead-lettered ones replay.
+#[tokio::test]
+async fn a_destination_at_its_backlog_limit_dead_letters_the_rest_and_routing_goes_on() {
+    const LIMIT: usize = 5;
+    const EVENTS: usize = 9;
+    let app = spawn_app_with(|cfg| cfg.events.delivery_max_per_destination = LIMIT as i64).await;
+    let paused_rx = Receiver::start().await;
+    let healthy_rx = Receiver::start().await;
+    let paused = steps::create(
+        &app,
+        json!({"url": paused_rx.url("/p"), "event_types": ["q.*"]}),
+    )
+    .await;
+    steps::create(
+        &app,
+        json!({"url": healthy_rx.url("/h"), "event_types": ["q.*"]}),
+    )
+    .await;
+    steps::act(&app, &paused, "pause").await;
+    // One at a time, so that the healthy destination's own backlog stays under the limit:
+    // it gets every event while the paused one is past its limit (routing never stopped).
+    let mut sent = Vec::new();
+    for n in 0..EVENTS {
+        let id = steps::send(&app, json!({"type": "q.x", "data": {"n": n}})).await;
+        let r = healthy_rx
+            .recv_timeout(Duration::from_secs(15))
+            .await
+            .expect("the healthy destination got every event");
+        assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+        sent.push(id);
+    }
+    assert_eq!(steps::deliveries_waiting(&app, &paused).await, LIMIT as u64);
+    // The rest is in the DLQ, each with its reason.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let letters = loop {
+        let (status, page) = app
+            .get(&format!("/v1/dlq?destination_id={paused}&limit=100"))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+        let letters = page["data"].as_array().expect("data").clone();
+        if letters.len() >= EVENTS - LIMIT {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "dead letters: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.len(), EVENTS - LIMIT, "{letters:?}");
+    let mut lettered: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l["reason"], "backlog_full", "{l}");
+            l["event_id"].as_str().expect("event_id").to_string()
+        })
+        .collect();
+    lettered.sort();
+    let mut expected = sent[LIMIT..].to_vec();
+    expected.sort();
+    assert_eq!(lettered, expected, "the events past the limit");
+    // Resumed: the waiting ones arrive, then the replayed ones; nothing else.
+    steps::act(&app, &paused, "resume").await;
+    let mut arrived = Vec::new();
+    for _ in 0..LIMIT {
+        let r = paused_rx
+            .recv_timeout(Duration::from_secs(15))
+            .await
+            .expect("the waiting deliveries after resume");
+        arrived.push(r.header("webhook-id").expect("webhook-id").to_string());
+    }
+    // Not an ordered destination: the waiting ones are sent concurrently.
+    arrived.sort();
+    let mut waiting = sent[..LIMIT].to_vec();
+    waiting.sort();
+    assert_eq!(arrived, waiting);
+    // Replayed once the backlog is gone (acked), fewer than the limit: all are taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while steps::deliveries_waiting(&app, &paused).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the delivered backlog was never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = app
+        .post("/v1/dlq/replay", json!({"destination_id": paused}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let mut replayed = HashSet::new();
+    for _ in 0..EVENTS - LIMIT {
+        let r = paused_rx
+            .recv_timeout(Duration::from_secs(15))
+            .await
+            .expect("the replayed deliveries");
+        replayed.insert(r.header("webhook-id").expect("webhook-id").to_string());
+    }
+    assert_eq!(
+        replayed,
+        sent[LIMIT..].iter().cloned().collect::<HashSet<_>>()
+    );
+    assert!(
+        paused_rx
+            .recv_timeout(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing more"
+    );
+}
+
+/// A destination consumer made with file state (by the version before memory state) is
+/// replaced, not refused, when the destination changes: nats-server cannot change a
+/// consumer's storage type in place. Its deliveries stay and arrive.
+#[tokio::test]
+async fn a_consumer_with_file_state_is_replaced_by_one_with_memory_state() {
+    let app = spawn_app_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let destination = steps::create(
+        &app,
+        json!({"url": receiver.url("/m"), "event_types": ["m.*"]}),
+    )
+    .await;
+    let js = jetstream::new(app.nats.client().await);
+    let shard_name = steps::delivery_shard(&destination);
+    let k = shard_name.trim_start_matches("HS_DLV_").to_string();
+    let shard = js.get_stream(&shard_name).await.expect("shard");
+    let consumer = format!("dest_{destination}");
+    steps::act(&app, &destination, "pause").await;
+    // As the earlier version made it: file state.
+    let _ = shard.delete_consumer(&consumer).await;
+    shard
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(consumer.clone()),
+            filter_subject: format!("hs.dlv.{k}.{destination}"),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            memory_storage: false,
+            ..Default::default()
+        })
+        .await
+        .expect("file-state consumer");
+    let id = steps::send(&app, json!({"type": "m.x", "data": {}})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while steps::deliveries_waiting(&app, &destination).await == 0 {
+        assert!(Instant::now() < deadline, "never routed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    steps::act(&app, &destination, "resume").await;
+    let r = receiver
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .expect("delivered through the replaced consumer");
+    assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+    let info = shard.consumer_info(&consumer).await.expect("consumer");
+    assert!(info.config.memory_storage, "{:?}", info.config);
 }

@@ -16,26 +16,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::seen::Seen;
-use crate::common::{
-    NatsServer, Receiver, Request, ServiceProcess, TestApp, spawn_app_with, steps,
-};
+use crate::common::steps::assert_quiet;
+use crate::common::{NatsServer, Receiver, ServiceProcess, TestApp, spawn_app_with, steps};
 
 /// How long we listen after the last expected request to show that nothing more arrives.
 const QUIET: Duration = Duration::from_secs(1);
-
-#[track_caller]
-fn assert_quiet(request: Option<Request>, what: &str) {
-    if let Some(r) = request {
-        panic!(
-            "{what}: unexpected request {} {} webhook-id={:?} type={:?} body={:?}",
-            r.method,
-            r.uri,
-            r.header("webhook-id"),
-            r.header("hs-event-type"),
-            r.body
-        );
-    }
-}
 
 /// Posts `events` as one `POST /v1/events/batch`; every item must be answered 202 with
 /// the id it was given.
@@ -61,7 +46,8 @@ async fn two_thousand_destinations_each_get_exactly_their_own_events() {
     let started = Instant::now();
     // No sweep within the test: every event must be found through its signal (ADR 0001),
     // including when the signal overtakes the consumer's own count of new messages.
-    let mut app = spawn_app_with(|cfg| cfg.delivery.sweep_interval_ms = 3_600_000).await;
+    let mut app =
+        spawn_app_with(|cfg| cfg.delivery.sweep_interval = Duration::from_secs(3600)).await;
     let receiver = Receiver::start().await;
     // Slow enough that deliveries to many destinations overlap.
     receiver.set_delay(Duration::from_millis(20));
@@ -219,7 +205,7 @@ const SILENCE: Duration = Duration::from_secs(3);
 
 #[tokio::test]
 async fn a_silent_destination_gets_a_new_event_within_the_documented_latency() {
-    let app = spawn_app_with(|cfg| cfg.delivery.sweep_interval_ms = 3_600_000).await;
+    let app = spawn_app_with(|cfg| cfg.delivery.sweep_interval = Duration::from_secs(3600)).await;
     let receiver = Receiver::start().await;
     steps::create(
         &app,

@@ -56,21 +56,15 @@ async fn post(base_url: &str, path: &str, body: Value, headers: &[(&str, &str)])
 }
 
 async fn create_destination(base_url: &str, receiver: &Receiver) -> String {
-    let destination = post(
+    crate::common::steps::create_at(
         base_url,
-        "/v1/destinations",
         json!({
             "url": receiver.url("/hooks?token=q-secret"),
             "event_types": ["order.*"],
             "retry": {"schedule_ms": [200], "max_attempts": 3},
         }),
-        &[],
     )
-    .await;
-    destination["id"]
-        .as_str()
-        .expect("destination id")
-        .to_string()
+    .await
 }
 
 /// (trace id, span id) of a `traceparent` value.

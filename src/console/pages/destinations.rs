@@ -21,10 +21,11 @@ const PAGE: usize = 50;
 /// Attempts shown on a destination's page.
 const ATTEMPTS_SHOWN: usize = 50;
 
+/// A list's query: a tenant (admins), and the cursor of the next page. Also the uploads'.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    tenant: Option<String>,
-    cursor: Option<String>,
+    pub tenant: Option<String>,
+    pub cursor: Option<String>,
 }
 
 /// A page of destinations sorted by id, after `cursor`, of `tenant` (or every tenant):

@@ -13,14 +13,16 @@ use crate::console::ConsoleError;
 use crate::console::layout::{csrf, page, time};
 use crate::console::session::Viewer;
 use crate::dlq::purge::{self, PurgeRequest};
-use crate::dlq::replay::{self, ReplayRequest, Target};
-use crate::dlq::{Order, Selection, browse};
+use crate::dlq::replay::{self, ReplayRequest};
+use crate::dlq::{DeadLetterFilter, Order, Target, browse};
 use crate::model::{DestinationId, EventPattern};
 
 /// Dead letters listed on one page, and handled by one replay or purge.
 const PAGE: usize = 50;
 const BATCH: usize = 1000;
 
+/// `DeadLetterFilter` as a form sends it: text, an empty field meaning no filter (which
+/// the typed filter would refuse), so it is read apart and parsed by [`selection`].
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
     #[serde(default)]
@@ -42,10 +44,10 @@ fn when(field: &Option<String>) -> Result<Option<DateTime<Utc>>, ConsoleError> {
         .transpose()
 }
 
-fn selection(viewer: &Viewer, f: &Filters) -> Result<Selection, ConsoleError> {
-    Ok(Selection {
+fn selection(viewer: &Viewer, f: &Filters) -> Result<DeadLetterFilter, ConsoleError> {
+    Ok(DeadLetterFilter {
         tenant: viewer.scope(given(&f.tenant))?,
-        destination: given(&f.destination_id)
+        destination_id: given(&f.destination_id)
             .map(DestinationId::parse)
             .transpose()
             .map_err(ConsoleError::invalid)?,

@@ -1,8 +1,6 @@
 //! Event search, and one event's page: its envelope and a timeline of attempts per
 //! destination.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
@@ -17,7 +15,7 @@ use crate::console::layout::{page, time};
 use crate::console::session::Viewer;
 use crate::events::{self, search};
 use crate::history;
-use crate::model::{AttemptRecord, DeliveryStatus, EventId};
+use crate::model::{DeliveryStatus, EventId};
 
 /// Events on one page.
 const PAGE: usize = 50;
@@ -153,20 +151,15 @@ pub async fn show(
 ) -> Result<Markup, ConsoleError> {
     let missing = || ConsoleError::not_found(format!("event {raw}"));
     let id = EventId::parse(raw.clone()).map_err(|_| missing())?;
-    let stored = history::find_event(&state.broker, &id)
+    let events::EventDetail {
+        stored,
+        attempts,
+        deliveries: found,
+    } = deliveries(&state)
+        .event(&id, |tenant| viewer.owns(tenant))
         .await?
-        .filter(|s| viewer.owns(&s.tenant))
         .ok_or_else(missing)?;
-    let attempts = history::attempts_of(&state.broker, &stored.tenant, &id).await?;
-    let mut timeline: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
-    for a in &attempts {
-        timeline
-            .entry(a.destination_id.clone())
-            .or_default()
-            .push(a.clone());
-    }
-    let event = history::event_ref(&stored, id.as_str());
-    let found = deliveries(&state).of_event(&event, attempts).await?;
+    let timeline = history::by_destination(&attempts);
     let envelope = stored
         .envelope
         .as_ref()

@@ -6,6 +6,7 @@ pub mod destinations;
 pub mod dlq;
 pub mod events;
 pub mod sign_in;
+pub mod uploads;
 
 use serde::Deserialize;
 

@@ -57,7 +57,7 @@ pub async fn spawn_app_on(nats: &Arc<NatsServer>, adjust: impl FnOnce(&mut Confi
         // Receivers run on 127.0.0.1, which the SSRF guard refuses by default.
         cfg.security.allow_private_networks = true;
         // Short enough that retry and recovery tests finish in seconds.
-        cfg.delivery.sweep_interval_ms = 500;
+        cfg.delivery.sweep_interval = Duration::from_millis(500);
         // Tests of retries and dead letters fail receivers on purpose; the circuit breaker
         // (tested in flow.rs, which sets its own threshold) would hold their events.
         cfg.flow.circuit_failure_threshold = u32::MAX;

@@ -82,7 +82,42 @@ impl NatsCluster {
         for i in 0..cluster.nodes.len() {
             cluster.wait_healthy(i).await;
         }
+        cluster.wait_placement().await;
         cluster
+    }
+
+    /// `/healthz` can answer 200 on every node a moment before the meta leader places
+    /// streams (a just-elected leader still counts a peer offline, or a JS API request
+    /// times out): creating and deleting a three-replica probe stream until it works is
+    /// what proves the cluster takes the tests' own stream creates.
+    async fn wait_placement(&self) {
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(3))
+            .build(self.service_client().await);
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        loop {
+            let created = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "HS_TEST_PLACEMENT_PROBE".into(),
+                    subjects: vec!["hs.test.placement.probe".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            let last = match created {
+                Ok(_) => match js.delete_stream("HS_TEST_PLACEMENT_PROBE").await {
+                    Ok(_) => return,
+                    Err(err) => format!("delete the probe: {err}"),
+                },
+                Err(err) => format!("create the probe: {err}"),
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "the cluster does not place streams within {HEALTHY_TIMEOUT:?} (last: {last})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Every node's client URL, comma-separated: what `HOOKSTREAM_NATS_URL` takes.
