@@ -69,6 +69,8 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Access(#[from] crate::access::PolicyError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 pub struct App {
@@ -97,6 +99,14 @@ impl App {
     async fn build_boxed(cfg: Config, role: Role) -> Result<Self, AppError> {
         // Before anything else: an API open to the network by accident must not start.
         let policy = Policy::decide(&cfg.api.auth, cfg.listen_addr())?;
+        // The admin keys' form is access's to judge (config knows nothing of key hashes),
+        // checked here, before any connection, with the key named like any bad setting.
+        crate::access::keys::parse_admin_keys(&cfg.api.auth.admin_keys.0).map_err(|why| {
+            crate::config::ConfigError::Invalid {
+                key: "api.auth.admin_keys",
+                why: why.to_string(),
+            }
+        })?;
         let cfg = Arc::new(cfg);
         let (url, embedded) = match &cfg.nats.url {
             Some(url) => (url.clone(), None),

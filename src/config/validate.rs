@@ -143,8 +143,6 @@ impl Config {
         if self.idempotency.ttl.is_zero() {
             return Err(invalid("idempotency.ttl_secs", "must be positive"));
         }
-        crate::access::keys::parse_admin_keys(&self.api.auth.admin_keys.0)
-            .map_err(|why| invalid("api.auth.admin_keys", why.to_string()))?;
         self.validate_ingest()?;
         for entry in &self.security.ssrf_allowlist {
             if entry.trim().is_empty() {

@@ -333,6 +333,23 @@ async fn a_hashed_admin_key_lets_its_key_in_and_not_its_hash() {
 }
 
 #[tokio::test]
+async fn a_malformed_admin_key_stops_the_start_naming_the_setting_before_nats() {
+    let mut cfg = hookstream::config::Config::defaults();
+    // Nothing listens there: the refusal must come before any connection.
+    cfg.nats.url = Some("nats://127.0.0.1:1".into());
+    cfg.api.auth.admin_keys = hookstream::config::AdminKeys(vec!["x9q-k3y".into()]);
+    let refused = match hookstream::app::App::build(cfg).await {
+        Ok(_) => panic!("built with a malformed admin key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("api.auth.admin_keys"), "{refused}");
+    assert!(
+        !refused.contains("x9q-k3y"),
+        "the key itself is never printed: {refused}"
+    );
+}
+
+#[tokio::test]
 async fn with_no_admin_key_it_refuses_to_start_open_on_a_public_address() {
     // In-process: the check comes before NATS is even reached.
     let mut cfg = hookstream::config::Config::defaults();
