@@ -3,6 +3,9 @@
 //!
 //! A dead letter's `id` is its sequence number on `HS_DLQ` (a JSON number). Time ranges
 //! (`since`, `until`, RFC 3339) apply to when the dead letter was stored.
+//!
+//! About 550 lines: six routes, each with its OpenAPI description next to it (the
+//! document is generated from these attributes), and 50 lines of unit tests.
 
 use axum::Router;
 use axum::body::Bytes;

@@ -7,6 +7,9 @@
 //! not sent twice, see `dlq/replay.rs`). Before a replay, a dry run over the selection
 //! counts it for the progress bar and surfaces a refused destination before anything is
 //! sent; `--dry-run` stops there.
+//!
+//! About 500 lines, 70 of them unit tests: three subcommands with their arguments,
+//! progress and output.
 
 use std::collections::BTreeMap;
 use std::io::Write;
