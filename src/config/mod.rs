@@ -499,6 +499,13 @@ mod tests {
                 .to_string()
                 .contains("api.listen")
         );
+        let mut cfg = Config::defaults();
+        cfg.events.delivery_max_per_destination = -1;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("events.delivery_max_per_destination"), "{err}");
+        cfg.events.delivery_max_per_destination = 0;
+        cfg.validate()
+            .expect("0 turns the per-destination limit off");
     }
 
     #[test]
