@@ -37,7 +37,9 @@ pub fn build(
         HttpMethod::Get => {
             let data: serde_json::Value = serde_json::from_str(envelope.data.get())
                 .map_err(|e| format!("data is not JSON: {e}"))?;
-            (Method::GET, template::fill(&destination.url, &data), None)
+            let url = template::fill(&destination.url, &data);
+            let url = url::Url::parse(&url).map_err(|e| format!("invalid URL: {e}"))?;
+            (Method::GET, url, None)
         }
         m => {
             let body = match destination.body {
@@ -49,7 +51,11 @@ pub fn build(
             } else {
                 Method::POST
             };
-            (method, destination.url.clone(), Some(body))
+            let url = destination
+                .parsed_url()
+                .map_err(|e| format!("invalid URL: {e}"))?
+                .clone();
+            (method, url, Some(body))
         }
     };
     let now = Utc::now();

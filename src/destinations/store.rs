@@ -103,6 +103,7 @@ impl DestinationStore {
             }],
             created_at: now,
             updated_at: now,
+            parsed_url: Default::default(),
         };
         validate::check(&self.ssrf, &destination)?;
         if self.get(&destination.id).await?.is_some() {

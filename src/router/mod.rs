@@ -24,10 +24,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{AckKind, Message};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -62,8 +62,9 @@ pub struct Router {
 
 /// One publish of a window, kept until its PubAck so that it can be sent again.
 struct Pending {
-    subject: String,
-    headers: HeaderMap,
+    subject: Subject,
+    /// Taken by the first send (no copy on the way out); a resend builds them again.
+    headers: Option<HeaderMap>,
     payload: Bytes,
     ack: Option<PublishAckFuture>,
     /// For a delivery: its event (index in the window), destination and tenant.
@@ -75,8 +76,8 @@ struct Pending {
 impl Pending {
     fn new(subject: String, headers: HeaderMap, payload: Bytes) -> Self {
         Self {
-            subject,
-            headers,
+            subject: Subject::from(subject),
+            headers: Some(headers),
             payload,
             ack: None,
             delivery: None,
@@ -181,12 +182,9 @@ impl Router {
                 } => {
                     for id in destinations {
                         let shard = self.broker.shard_of(&id);
-                        let mut headers = msg.headers.clone().unwrap_or_default();
-                        headers.insert(h::MSG_ID, names::delivery_msg_id(seq, &id).as_str());
-                        headers.insert(h::EVENT_SEQ, seq.to_string().as_str());
                         let mut delivery = Pending::new(
                             self.broker.subjects.delivery(shard, &id),
-                            headers,
+                            delivery_headers(msg, seq, &id),
                             msg.payload.clone(),
                         );
                         delivery.delivery = Some((index, id.clone(), tenant.clone()));
@@ -236,7 +234,7 @@ impl Router {
                 {
                     self.settle(&mut pending[oldest], oldest, &mut failed).await;
                 }
-                self.send(&mut pending[i]).await;
+                self.send(&mut pending[i], &window).await;
                 if pending[i].ack.is_some() {
                     in_flight.push_back(i);
                 } else {
@@ -277,7 +275,7 @@ impl Router {
                     }
                     break;
                 }
-                self.send(&mut pending[i]).await;
+                self.send(&mut pending[i], &window).await;
                 if let Some(ack) = pending[i].ack.take() {
                     match ack.await {
                         Ok(_) => break,
@@ -311,11 +309,19 @@ impl Router {
         }
     }
 
-    async fn send(&self, p: &mut Pending) {
+    async fn send(&self, p: &mut Pending, window: &[Message]) {
+        let headers = p.headers.take().unwrap_or_else(|| match &p.delivery {
+            Some((index, id, _)) => {
+                let msg = &window[*index];
+                let seq = msg.info().map_or(0, |info| info.stream_sequence);
+                delivery_headers(msg, seq, id)
+            }
+            None => HeaderMap::new(),
+        });
         match self
             .broker
             .js
-            .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
+            .publish_with_headers(p.subject.clone(), headers, p.payload.clone())
             .await
         {
             Ok(ack) => p.ack = Some(ack),
@@ -398,6 +404,15 @@ impl Router {
             _ = tokio::time::sleep(d) => true,
         }
     }
+}
+
+/// The headers of a delivery message: the event's own, its id on the shard (so that a
+/// window routed again is de-duplicated) and the event's `HS_EVENTS` sequence.
+fn delivery_headers(msg: &Message, seq: u64, destination: &str) -> HeaderMap {
+    let mut headers = msg.headers.clone().unwrap_or_default();
+    headers.insert(h::MSG_ID, names::delivery_msg_id(seq, destination).as_str());
+    headers.insert(h::EVENT_SEQ, seq.to_string().as_str());
+    headers
 }
 
 /// Runs `work`, telling the server every few seconds that the window's events are still
