@@ -93,6 +93,14 @@ pub mod headers {
     /// itself, so the router does not write it again (a third of the router's publishes
     /// at fan-out 1). Dropped when a message is copied (dead letter, replay, resend).
     pub const RECORDED: &str = "Hs-Recorded";
+    /// The names the routed delivery path sets and reads on every message, made once:
+    /// a `&str` name is parsed (and allocated) by each insert and lookup.
+    pub mod name {
+        use async_nats::header::HeaderName;
+        pub const MSG_ID: HeaderName = HeaderName::from_static(super::MSG_ID);
+        pub const EVENT_SEQ: HeaderName = HeaderName::from_static(super::EVENT_SEQ);
+        pub const RECORDED: HeaderName = HeaderName::from_static(super::RECORDED);
+    }
     /// Headers that belong to one stored message and never travel with a copy of it.
     pub fn is_copy_local(name: &str) -> bool {
         name.eq_ignore_ascii_case(EVENT_SEQ) || name.eq_ignore_ascii_case(RECORDED)

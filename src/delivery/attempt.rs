@@ -532,7 +532,7 @@ async fn keep_alive<T>(msg: &Message, ack_wait: Duration, work: impl Future<Outp
 fn event_seq(msg: &Message) -> Option<u64> {
     msg.headers
         .as_ref()?
-        .get(h::EVENT_SEQ)?
+        .get(h::name::EVENT_SEQ)?
         .as_str()
         .parse()
         .ok()

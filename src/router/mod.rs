@@ -198,7 +198,7 @@ impl Router {
                     let recorded = msg
                         .headers
                         .as_ref()
-                        .is_some_and(|hs| hs.get(h::RECORDED).is_some());
+                        .is_some_and(|hs| hs.get(h::name::RECORDED).is_some());
                     let record = AcceptedRecord {
                         tenant,
                         seq,
@@ -410,8 +410,11 @@ impl Router {
 /// window routed again is de-duplicated) and the event's `HS_EVENTS` sequence.
 fn delivery_headers(msg: &Message, seq: u64, destination: &str) -> HeaderMap {
     let mut headers = msg.headers.clone().unwrap_or_default();
-    headers.insert(h::MSG_ID, names::delivery_msg_id(seq, destination).as_str());
-    headers.insert(h::EVENT_SEQ, seq.to_string().as_str());
+    headers.insert(
+        h::name::MSG_ID,
+        names::delivery_msg_id(seq, destination).as_str(),
+    );
+    headers.insert(h::name::EVENT_SEQ, seq.to_string().as_str());
     headers
 }
 
