@@ -148,11 +148,13 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match e.kind {
             BrokerErrorKind::Unavailable => Self::Unavailable(e),
-            BrokerErrorKind::StorageFull => Self::StreamFull(e),
+            BrokerErrorKind::StorageFull | BrokerErrorKind::SubjectFull => Self::StreamFull(e),
             BrokerErrorKind::ConsumerLimit => Self::ConsumerLimit(e.to_string()),
             BrokerErrorKind::NotFound => Self::NotFound(e.to_string()),
             BrokerErrorKind::Conflict => Self::Conflict(e.to_string()),
-            BrokerErrorKind::Other => Self::Internal(Box::new(e)),
+            BrokerErrorKind::StorageTypeFixed | BrokerErrorKind::Other => {
+                Self::Internal(Box::new(e))
+            }
         }
     }
 }

@@ -96,27 +96,17 @@ fn far_future() -> OffsetDateTime {
 pub async fn upsert(stream: &Stream, config: pull::Config) -> Result<bool, BrokerError> {
     let consumer = match stream.create_consumer(config.clone()).await {
         Ok(consumer) => consumer,
-        Err(e) if is_storage_change(&e) => {
+        Err(e) => {
+            let e = BrokerError::new("creating or updating destination consumer", e);
+            if e.kind != BrokerErrorKind::StorageTypeFixed {
+                return Err(e);
+            }
+            // Made with file state by an earlier version: replaced.
             replace(stream, &config).await?;
             return Ok(config.pause_until.is_some());
         }
-        Err(e) => {
-            return Err(BrokerError::new(
-                "creating or updating destination consumer",
-                e,
-            ));
-        }
     };
     Ok(consumer.cached_info().paused)
-}
-
-/// nats-server refuses to change a consumer's storage type in place (error 10012,
-/// "storage type can not be updated"): a consumer made with file state by an earlier
-/// version is replaced instead.
-fn is_storage_change(error: &impl std::fmt::Display) -> bool {
-    error
-        .to_string()
-        .contains("storage type can not be updated")
 }
 
 /// Deletes the consumer and creates it with `config`. Its deliveries stay in the shard
@@ -145,7 +135,6 @@ pub async fn update_if_present(stream: &Stream, config: pull::Config) -> Result<
             }
             Ok(())
         }
-        Err(e) if is_storage_change(&e) => replace(stream, &config).await,
         Err(e) => {
             use async_nats::jetstream::ErrorCode;
             use async_nats::jetstream::stream::ConsumerUpdateErrorKind as Kind;
@@ -156,9 +145,14 @@ pub async fn update_if_present(stream: &Stream, config: pull::Config) -> Result<
                 _ => false,
             };
             if missing {
-                Ok(())
+                return Ok(());
+            }
+            let e = BrokerError::new("updating destination consumer", e);
+            if e.kind == BrokerErrorKind::StorageTypeFixed {
+                // Made with file state by an earlier version: replaced.
+                replace(stream, &config).await
             } else {
-                Err(BrokerError::new("updating destination consumer", e))
+                Err(e)
             }
         }
     }

@@ -13,6 +13,13 @@ pub enum BrokerErrorKind {
     Unavailable,
     /// The stream or account is out of storage (discard new): back-pressure (503).
     StorageFull,
+    /// The stream's per-subject limit refuses the message (`max_msgs_per_subject` with
+    /// discard-new: a destination at `events.delivery_max_per_destination`), while the
+    /// stream itself has room.
+    SubjectFull,
+    /// nats-server does not change a consumer's storage type in place (error 10012,
+    /// "storage type can not be updated"): the consumer must be replaced.
+    StorageTypeFixed,
     /// The stream refuses more consumers (`max_consumers`).
     ConsumerLimit,
     NotFound,
@@ -77,12 +84,25 @@ fn jetstream_error(e: &(dyn std::error::Error + 'static)) -> Option<async_nats::
     }
 }
 
+/// nats-server's `ErrMaxMsgsPerSubject`, sent as error 10077 "store failed".
+const SUBJECT_FULL: &str = "maximum messages per subject exceeded";
+/// nats-server's description of error 10012 for a storage type change.
+const STORAGE_TYPE_FIXED: &str = "storage type can not be updated";
+
 /// Walks the source chain: a JetStream API error decides by its code, anything else by
 /// what the client said (timeouts, closed connections, no responders).
 fn classify(err: &(dyn std::error::Error + 'static)) -> BrokerErrorKind {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(js) = jetstream_error(e) {
+            // Told apart from their codes' other uses by the description only.
+            let description = js.to_string();
+            if description.contains(SUBJECT_FULL) {
+                return BrokerErrorKind::SubjectFull;
+            }
+            if description.contains(STORAGE_TYPE_FIXED) {
+                return BrokerErrorKind::StorageTypeFixed;
+            }
             return match js.error_code() {
                 ErrorCode::STREAM_STORE_FAILED
                 | ErrorCode::STORAGE_RESOURCES_EXCEEDED
@@ -116,7 +136,11 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> BrokerErrorKind {
         current = e.source();
     }
     let text = err.to_string().to_ascii_lowercase();
-    if text.contains("timed out")
+    if text.contains(SUBJECT_FULL) {
+        BrokerErrorKind::SubjectFull
+    } else if text.contains(STORAGE_TYPE_FIXED) {
+        BrokerErrorKind::StorageTypeFixed
+    } else if text.contains("timed out")
         || text.contains("timeout")
         || text.contains("no responders")
         || text.contains("broken pipe")

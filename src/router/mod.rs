@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 pub use decide::{Decision, decide};
 
 use crate::broker::names::{self, headers as h};
-use crate::broker::{Broker, BrokerError, doorbell};
+use crate::broker::{Broker, BrokerError, BrokerErrorKind, doorbell};
 use crate::delivery::dead_letter;
 use crate::delivery::stats::StatsCounters;
 use crate::destinations::Registry;
@@ -87,12 +87,9 @@ impl Pending {
 }
 
 /// Whether a PubAck error is the shard's per-destination limit (nats-server's
-/// `ErrMaxMsgsPerSubject`, sent as error 10077 "store failed" whose description is the
-/// only thing that tells it from a full shard).
-fn is_backlog_full(error: &impl std::fmt::Display) -> bool {
-    error
-        .to_string()
-        .contains("maximum messages per subject exceeded")
+/// `ErrMaxMsgsPerSubject`), not a full shard.
+fn is_backlog_full(error: &BrokerError) -> bool {
+    error.kind == BrokerErrorKind::SubjectFull
 }
 
 impl Router {
@@ -280,6 +277,7 @@ impl Router {
                     match ack.await {
                         Ok(_) => break,
                         Err(e) => {
+                            let e = BrokerError::new("storing a delivery", e);
                             pending[i].backlog_full =
                                 pending[i].delivery.is_some() && is_backlog_full(&e);
                             warn!(subject = %pending[i].subject, error = %e, "delivery not stored; retrying")
@@ -336,6 +334,7 @@ impl Router {
         if let Some(ack) = p.ack.take()
             && let Err(e) = ack.await
         {
+            let e = BrokerError::new("storing a delivery", e);
             debug!(subject = %p.subject, error = %e, "delivery not acked");
             p.backlog_full = p.delivery.is_some() && is_backlog_full(&e);
             failed.push(i);
