@@ -84,6 +84,7 @@ pub fn router(state: AppState, front: Router<AppState>) -> Router {
         .merge(timed)
         // Uploads stream files of up to a gigabyte: their own body limit and timeout.
         .merge(uploads::router(&state.cfg))
+        .merge(crate::console::upload_router(&state.cfg))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())

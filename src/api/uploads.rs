@@ -4,6 +4,7 @@
 //! API's; the answer comes once the file is stored, and its ingest runs in the workers.
 
 use axum::Router;
+use axum::extract::multipart::Field;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -36,7 +37,7 @@ pub fn router(cfg: &Config) -> Router<AppState> {
 }
 
 /// Query of `POST /v1/uploads`.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
@@ -159,6 +160,36 @@ fn accepted(access: &Access, uploaded: crate::files::Uploaded) -> Response {
     }
 }
 
+/// Stores the multipart field `file` as an upload of `tenant` (already checked against
+/// the caller's scope): the one path of `POST /v1/uploads`'s forms and the console's
+/// upload form. `asked`: the format the request named, else the field's content type,
+/// else its file name's extension.
+pub async fn store_file_field(
+    state: &AppState,
+    tenant: TenantId,
+    q: &UploadQuery,
+    asked: Option<Format>,
+    field: Field<'_>,
+) -> Result<crate::files::Uploaded, ApiError> {
+    let file_name = field.file_name().map(String::from);
+    let format = asked
+        .or_else(|| field.content_type().and_then(format_of_media))
+        .or_else(|| file_name.as_deref().and_then(format_of_name));
+    let upload = upload_request(tenant, q, format, q.name.clone().or(file_name))?;
+    let body = field.map(|chunk| chunk.map_err(|e| e.body_text()));
+    Ok(state.files.upload(upload, Box::pin(body)).await?)
+}
+
+/// The format a request names, if it names one.
+pub fn asked_format(format: Option<&str>) -> Result<Option<Format>, ApiError> {
+    format
+        .map(|f| {
+            Format::parse(f)
+                .ok_or_else(|| ApiError::Invalid(format!("unknown format {f:?}: csv or ndjson")))
+        })
+        .transpose()
+}
+
 /// Upload a file: one event per line, once the file is stored.
 #[utoipa::path(post, path = "/v1/uploads", operation_id = "create_upload", params(UploadQuery),
     request_body(content(
@@ -184,13 +215,7 @@ pub async fn create(
         .scope_text(q.tenant.as_deref())?
         .unwrap_or_else(TenantId::default_tenant);
     let media = media_type(request.headers());
-    let asked = match &q.format {
-        Some(f) => Some(
-            Format::parse(f)
-                .ok_or_else(|| ApiError::Invalid(format!("unknown format {f:?}: csv or ndjson")))?,
-        ),
-        None => None,
-    };
+    let asked = asked_format(q.format.as_deref())?;
     let max = state.cfg.ingest.upload_max_bytes;
     let declared = request
         .headers()
@@ -215,13 +240,7 @@ pub async fn create(
             if field.name() != Some("file") {
                 continue;
             }
-            let file_name = field.file_name().map(String::from);
-            let format = asked
-                .or_else(|| field.content_type().and_then(format_of_media))
-                .or_else(|| file_name.as_deref().and_then(format_of_name));
-            let upload = upload_request(tenant, &q, format, q.name.clone().or(file_name))?;
-            let body = field.map(|chunk| chunk.map_err(|e| e.body_text()));
-            let uploaded = state.files.upload(upload, Box::pin(body)).await?;
+            let uploaded = store_file_field(&state, tenant, &q, asked, field).await?;
             return Ok(accepted(&access, uploaded));
         }
         return Err(ApiError::Invalid(

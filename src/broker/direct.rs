@@ -2,7 +2,9 @@
 //! `$JS.API.DIRECT.GET.<stream>` (nats-server 2.11+, ADR-31): `next_by_subj` with `batch`
 //! (many messages of one filter in one round trip), `multi_last` with `up_to_seq` (the
 //! last message of every subject matching some filters) and `start_time` (the first
-//! message stored at or after a time, found by the server's own time index).
+//! message stored at or after a time, found by the server's own time index); and
+//! `next_by_subj` without a batch (the next match only, which the server answers without
+//! counting the matches left: far cheaper deep in a large stream, ADR 0016).
 //!
 //! A batch answer is a run of messages on one inbox, each with `Nats-Subject`,
 //! `Nats-Sequence` and `Nats-Time-Stamp` headers, ended by a `204 EOB` status message;
@@ -133,16 +135,55 @@ pub async fn first_seq_at(
         start_time: Some(time),
         ..Default::default()
     };
-    let payload = serde_json::to_vec(&request).expect("a direct get request serialises");
+    Ok(
+        single_request(broker, stream, &request, "direct get by time")
+            .await?
+            .map(|m| m.seq),
+    )
+}
+
+/// The first message on `filter` at or after sequence `from`. One message, no batch: the
+/// server then counts no pending matches, which is most of a batch's cost deep in a
+/// large stream (`backward.rs`).
+pub async fn next_one(
+    broker: &Broker,
+    stream: &str,
+    filter: &str,
+    from: u64,
+) -> Result<Option<StoredMessage>, BrokerError> {
+    let request = Request {
+        seq: Some(from.max(1)),
+        next_by_subj: Some(filter),
+        ..Default::default()
+    };
+    single_request(broker, stream, &request, "direct get next").await
+}
+
+/// A direct get answered by one message, or `None` for `404` (nothing matched).
+async fn single_request(
+    broker: &Broker,
+    stream: &str,
+    request: &Request<'_>,
+    context: &'static str,
+) -> Result<Option<StoredMessage>, BrokerError> {
+    let payload = serde_json::to_vec(request).expect("a direct get request serialises");
+    let started = std::time::Instant::now();
     let reply = broker
         .client
-        .request(api_subject(stream), payload.into())
+        .request(api_subject(stream), payload.clone().into())
         .await
-        .map_err(|e| BrokerError::new("direct get by time", e))?;
+        .map_err(|e| BrokerError::new(context, e))?;
+    tracing::trace!(
+        stream,
+        request = %String::from_utf8_lossy(&payload),
+        status = reply.status.map(|s| s.as_u16()),
+        micros = started.elapsed().as_micros() as u64,
+        "direct get"
+    );
     match reply.status.map(|s| s.as_u16()) {
-        None => Ok(Some(parse(reply)?.seq)),
+        None => Ok(Some(parse(reply)?)),
         Some(404) => Ok(None),
-        Some(code) => Err(status_error("direct get by time", code, reply.description)),
+        Some(code) => Err(status_error(context, code, reply.description)),
     }
 }
 
@@ -162,10 +203,21 @@ async fn batch_request(
         .map_err(|e| BrokerError::new("direct get batch", e))?;
     broker
         .client
-        .publish_with_reply(api_subject(stream), inbox, payload.into())
+        .publish_with_reply(api_subject(stream), inbox, payload.clone().into())
         .await
         .map_err(|e| BrokerError::new("direct get batch", e))?;
     let patience = broker_timeout();
+    let started = std::time::Instant::now();
+    let trace = |n: usize, status: u16| {
+        tracing::trace!(
+            stream,
+            request = %String::from_utf8_lossy(&payload),
+            messages = n,
+            status,
+            micros = started.elapsed().as_micros() as u64,
+            "direct get batch"
+        );
+    };
     let mut out = Vec::new();
     loop {
         let next = tokio::time::timeout(patience, answers.next()).await;
@@ -182,6 +234,7 @@ async fn batch_request(
         match message.status.map(|s| s.as_u16()) {
             None => out.push(parse(message)?),
             Some(204) => {
+                trace(out.len(), 204);
                 let pending = message
                     .headers
                     .as_ref()
@@ -191,7 +244,10 @@ async fn batch_request(
                 return Ok((out, pending));
             }
             // Nothing matched.
-            Some(404) => return Ok((out, 0)),
+            Some(404) => {
+                trace(out.len(), 404);
+                return Ok((out, 0));
+            }
             Some(413) => {
                 return Err(BrokerError::with_kind(
                     BrokerErrorKind::Other,

@@ -61,7 +61,7 @@ pub async fn recent_attempts(
     let filter = broker
         .subjects
         .attempt(destination.tenant.as_str(), "*", destination.id.as_str());
-    let mut walker = Walker::new(ATTEMPTS_STREAM, filter, 1, top);
+    let mut walker = Walker::new(ATTEMPTS_STREAM, filter, 1, top, limit);
     let mut out = Vec::new();
     while out.len() < limit {
         let Some(message) = walker.next(broker).await? else {

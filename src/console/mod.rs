@@ -56,6 +56,19 @@ pub fn router() -> Router<AppState> {
         .route("/console/uploads/{id}", get(pages::uploads::show))
 }
 
+/// The console's upload form: outside the API's body limit and timeout, under the
+/// uploads' own (`ingest.upload_max_bytes`, counted while the file streams, and
+/// `ingest.upload_timeout_ms`), like `POST /v1/uploads`.
+pub fn upload_router(cfg: &crate::config::Config) -> Router<AppState> {
+    Router::new()
+        .route("/console/uploads/new", post(pages::uploads::upload))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            cfg.ingest.upload_timeout,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
 /// What a console page can fail with; rendered as a page with the API's status rules.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {

@@ -8,8 +8,9 @@
 //! - `since` and `until` become sequences with the server's **time index**
 //!   (`start_time` direct gets), two requests per page;
 //! - newest first reads **backwards from a sequence** (`broker/backward.rs`): windows
-//!   of sequences from the cursor down, each read forwards in **batch direct gets** (256
-//!   messages a round trip) and handed out in reverse;
+//!   of sequences from the cursor down, each read forwards in **batch direct gets** and
+//!   handed out in reverse; a search without tenant, type or destination reads one
+//!   filter, `>`, which the server counts from block totals (ADR 0016);
 //! - the delivery status of a page's events comes from one `multi_last` direct get
 //!   over their attempt subjects (`deliveries.rs`).
 //!
@@ -196,7 +197,7 @@ pub async fn search(
     }
     let mut walkers: Vec<Walker> = filters(broker, query)
         .into_iter()
-        .map(|filter| Walker::new(EVENTS_STREAM, filter, lo, hi))
+        .map(|filter| Walker::new(EVENTS_STREAM, filter, lo, hi, want.max(1)))
         .collect();
 
     let want = want.max(1);
@@ -251,6 +252,12 @@ fn filters(broker: &Broker, query: &Query) -> Vec<String> {
     let s = &broker.subjects;
     let pattern = query.event_type.as_ref().map(EventPattern::as_str);
     let Some(dest) = &query.destination else {
+        if query.tenant.is_none() && pattern.is_none() {
+            // The stream holds events only: `>` is the union of the two filters below,
+            // and the server counts a batch's pending matches from block totals for it
+            // instead of matching subjects in every block above (ADR 0016).
+            return vec![">".to_string()];
+        }
         return vec![
             s.event_search(query.tenant.as_ref().map(TenantId::as_str), pattern),
             s.directed_search(None, pattern),

@@ -450,3 +450,138 @@ async fn the_uploads_page_shows_a_tenants_own_files_with_their_rejected_lines() 
     let (_, page) = admin.get("/console/uploads?tenant=globex").await;
     assert!(!page.contains(&mine) && page.contains(&theirs), "{page}");
 }
+
+/// A multipart body: text fields in order, then `file` (ndjson) last.
+fn upload_form(fields: &[(&str, &str)], file: &str) -> (String, String) {
+    let boundary = "hookstream-test-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"users.ndjson\"\r\ncontent-type: application/x-ndjson\r\n\r\n{file}\r\n--{boundary}--\r\n"
+    ));
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+impl Browser {
+    async fn upload(&self, fields: &[(&str, &str)], file: &str) -> (StatusCode, String) {
+        let (content_type, body) = upload_form(fields, file);
+        let r = self
+            .client
+            .post(format!("{}/console/uploads/new", self.base))
+            .header("cookie", &self.cookie)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let to = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (
+            status,
+            if to.is_empty() {
+                r.text().await.unwrap()
+            } else {
+                to
+            },
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_file_uploaded_from_the_console_is_ingested_for_the_keys_own_tenant_only() {
+    use crate::common::keys::{ADMIN_KEY, make_key, spawn_keyed_app};
+    let app = spawn_keyed_app().await;
+    let (_, key) = make_key(&app, "acme", "tenant").await;
+    let acme = Browser::sign_in(&app, &key).await.expect("signs in");
+    let (status, page) = acme.get("/console/uploads").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("enctype=\"multipart/form-data\""), "{page}");
+    let csrf = Browser::csrf(&page);
+    let file = "{\"n\":1}\n{\"n\":2}\n";
+
+    // No token, a wrong one, another tenant: refused, nothing stored.
+    for (fields, want) in [
+        (vec![("type", "user.imported")], StatusCode::FORBIDDEN),
+        (
+            vec![("csrf", "0000"), ("type", "user.imported")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("tenant", "globex"),
+                ("type", "user.imported"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            vec![("csrf", csrf.as_str()), ("type", "not a type!")],
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, body) = acme.upload(&fields, file).await;
+        assert_eq!(status, want, "{fields:?}: {body}");
+    }
+    let (status, listed) = crate::common::app::send(
+        app.client
+            .get(format!("{}/v1/uploads", app.base_url()))
+            .bearer_auth(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["uploads"], json!([]), "nothing stored: {listed}");
+
+    // The form: stored for the key's tenant, ingested like `POST /v1/uploads`.
+    let (status, to) = acme
+        .upload(&[("csrf", &csrf), ("type", "user.imported")], file)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{to}");
+    let id = to
+        .strip_prefix("/console/uploads/")
+        .expect("to the upload's page")
+        .to_string();
+    eventually(Duration::from_secs(20), async || {
+        let (_, page) = acme.get(&to).await;
+        if page.contains("data-status=\"done\"") && page.contains("2 read: 2 accepted") {
+            Ok(())
+        } else {
+            Err(page)
+        }
+    })
+    .await;
+    let (_, file_record) = crate::common::app::send(
+        app.client
+            .get(format!("{}/v1/uploads/{id}", app.base_url()))
+            .bearer_auth(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(file_record["tenant"], "acme", "{file_record}");
+    assert_eq!(file_record["name"], "users.ndjson", "{file_record}");
+
+    // The admin uploads for another tenant; the acme key cannot see that file.
+    let admin = Browser::sign_in(&app, ADMIN_KEY).await.expect("signs in");
+    let (_, page) = admin.get("/console/uploads").await;
+    let admin_csrf = Browser::csrf(&page);
+    let (status, to) = admin
+        .upload(
+            &[
+                ("csrf", &admin_csrf),
+                ("tenant", "globex"),
+                ("type", "user.imported"),
+            ],
+            file,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{to}");
+    let (status, _) = acme.get(&to).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

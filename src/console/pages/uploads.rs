@@ -1,18 +1,22 @@
-//! Uploads and folder files (`src/files/`): their status and counts, and one file's page
-//! with its rejected lines. The same access check as `/v1/uploads`: a tenant key lists
-//! its own tenant's files only, another tenant's file answers 404.
+//! Uploads and folder files (`src/files/`): their status and counts, one file's page
+//! with its rejected lines, and a form to upload a file. The same access check as
+//! `/v1/uploads`: a tenant key lists and uploads for its own tenant only (403 for
+//! another named, 404 for another's file); the form posts to the same code path as
+//! `POST /v1/uploads` with a multipart body whose `csrf` field comes before the file.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::destinations::ListQuery;
 use super::given;
 use crate::api::AppState;
-use crate::api::uploads::{find, page_of};
+use crate::api::uploads::{UploadQuery, asked_format, find, page_of, store_file_field};
 use crate::console::ConsoleError;
-use crate::console::layout::{page, time};
+use crate::console::layout::{csrf, page, time};
 use crate::console::session::Viewer;
 use crate::files::{FileRecord, Origin, Status};
+use crate::model::TenantId;
 
 /// Files on one page of the list.
 const PAGE: usize = 50;
@@ -30,6 +34,16 @@ pub async fn list(
         p.muted {
             "Files sent to " code { "POST /v1/uploads" } " or " code { "hookstream upload" }
             ", and files of the watched folder: one event per line."
+        }
+        form #upload method="post" action="/console/uploads/new" enctype="multipart/form-data" {
+            (csrf(&viewer))
+            @if viewer.is_admin() {
+                label { "Tenant" input name="tenant" placeholder="default"; }
+            }
+            label { "Event type (csv)" input name="type" placeholder="order.created"; }
+            label { "Type column (csv)" input name="type_column"; }
+            label { "File (.csv, .ndjson)" input type="file" name="file" required; }
+            button type="submit" { "Upload" }
         }
         @if viewer.is_admin() {
             form.filters method="get" {
@@ -65,6 +79,60 @@ pub async fn list(
         }
     };
     Ok(page("Uploads", Some(&viewer), body))
+}
+
+/// `POST /console/uploads/new`: the upload form. Text fields first (`csrf` checked
+/// before any byte of the file is stored), then `file`; answers with the upload's page.
+pub async fn upload(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ConsoleError> {
+    let mut form = Multipart::from_request(request, &state)
+        .await
+        .map_err(|e| ConsoleError::invalid(e.body_text()))?;
+    let mut checked = false;
+    let mut q = UploadQuery::default();
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ConsoleError::invalid(e.body_text()))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            if !checked {
+                viewer.check_csrf("")?;
+            }
+            let tenant = viewer
+                .access
+                .scope_text(q.tenant.as_deref())?
+                .unwrap_or_else(TenantId::default_tenant);
+            let asked = asked_format(q.format.as_deref())?;
+            let uploaded = store_file_field(&state, tenant, &q, asked, field).await?;
+            viewer
+                .access
+                .audit("upload.create", &uploaded.tenant, &uploaded.id);
+            let to = format!("/console/uploads/{}", uploaded.id);
+            return Ok(Redirect::to(&to).into_response());
+        }
+        let value = field
+            .text()
+            .await
+            .map_err(|e| ConsoleError::invalid(e.body_text()))?;
+        let value = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+        match name.as_str() {
+            "csrf" => {
+                viewer.check_csrf(value.as_deref().unwrap_or_default())?;
+                checked = true;
+            }
+            "tenant" => q.tenant = value,
+            "type" => q.event_type = value,
+            "type_column" => q.type_column = value,
+            "format" => q.format = value,
+            _ => {}
+        }
+    }
+    Err(ConsoleError::invalid("the form has no file"))
 }
 
 pub async fn show(
