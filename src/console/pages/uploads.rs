@@ -32,8 +32,8 @@ pub async fn list(
     let (files, next) = page_of(&state, tenant.as_ref(), given(&q.cursor), PAGE);
     let body = html! {
         p.muted {
-            "Files sent to " code { "POST /v1/uploads" } " or " code { "hookstream upload" }
-            ", and files of the watched folder: one event per line."
+            "Files uploaded with the form below, sent to " code { "POST /v1/uploads" } " or "
+            code { "hookstream upload" } ", and files of the watched folder: one event per line."
         }
         form #upload method="post" action="/console/uploads/new" enctype="multipart/form-data" {
             (csrf(&viewer))
