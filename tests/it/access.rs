@@ -882,14 +882,19 @@ async fn a_producer_user_of_one_tenant_cannot_publish_for_another() {
     let service = async_nats::jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
         .build(cluster.service_client().await);
-    let stream = service
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "HS_EVENTS".into(),
-            subjects: vec!["hs.ev.>".into(), "hs.to.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create HS_EVENTS");
+    // Retried: on a machine loaded by the other tests, a cluster's stream create can
+    // outlast one API timeout (seen in CI); creating the same stream again is harmless.
+    let stream = eventually(Duration::from_secs(30), async || {
+        service
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "HS_EVENTS".into(),
+                subjects: vec!["hs.ev.>".into(), "hs.to.>".into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("create HS_EVENTS: {e}"))
+    })
+    .await;
     let producer = async_nats::jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(2))
         .build(cluster.tenant_producer_client().await);
