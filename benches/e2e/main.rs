@@ -97,6 +97,10 @@ async fn main() {
                 );
             }
         }
+        if mode == "routed" {
+            // 1 event → 100 destinations: 200 events, 20,000 deliveries like the drains.
+            run!("drain_fanout_100", scenarios::drain_fanout(100, n(200)));
+        }
         run!(&format!("idle_10000_{mode}"), scenarios::idle(10_000, mode));
         run!(
             &format!("latency_10_{mode}"),

@@ -320,6 +320,48 @@ pub async fn drain(dests: usize, total: usize, mode: &str, warm: bool) -> Value 
     })
 }
 
+/// (4b) Fan-out: a pre-loaded backlog of `events` events, each of them for all `fanout`
+/// destinations (every destination subscribes to `bench.d0`), drained by a fresh worker;
+/// the rate counts deliveries. Issue 21 asks this to be the cheapest case per delivery:
+/// one event's bytes and headers serve all its deliveries.
+pub async fn drain_fanout(fanout: usize, events: usize) -> Value {
+    let nats = Nats::start();
+    let receiver = Receiver::start().await;
+    let env = mode_env("routed");
+    let api = Service::start(&nats.url(), "api", &env).await;
+    create_destinations(
+        &api.base(),
+        fanout,
+        |i| receiver.url("ok", i),
+        json!({"event_types": ["bench.d0"]}),
+    )
+    .await;
+    preload(&nats.url(), events, 1).await;
+    let total = (events * fanout) as u64;
+    let worker = Service::spawn(&nats.url(), "worker", &env);
+    let (_, cpu0) = proc_stats(worker.pid());
+    let (_, ncpu0) = proc_stats(nats.pid());
+    let Some(first) = receiver.wait_for(1, Duration::from_secs(60)).await else {
+        return json!({ "fanout": fanout, "error": "nothing delivered in 60 s" });
+    };
+    let last = receiver.wait_for(total, DRAIN_BUDGET).await;
+    let end = last.unwrap_or_else(Instant::now);
+    let delivered = receiver.received().min(total);
+    let (rss, cpu1) = proc_stats(worker.pid());
+    let (nats_rss, ncpu1) = proc_stats(nats.pid());
+    let secs = (end - first).as_secs_f64().max(1e-3);
+    json!({
+        "fanout": fanout, "events": events, "complete": last.is_some(),
+        "delivered": delivered,
+        "per_second": delivered.saturating_sub(1) as f64 / secs,
+        "worker_cpu_s_per_100k": (cpu1 - cpu0) * 100_000.0 / delivered.max(1) as f64,
+        "nats_cpu_s_per_100k": (ncpu1 - ncpu0) * 100_000.0 / delivered.max(1) as f64,
+        "seconds": secs,
+        "worker_rss_mib": rss as f64 / 1048576.0,
+        "nats_rss_mib": nats_rss as f64 / 1048576.0,
+    })
+}
+
 /// (6) Cost of idle destinations: memory and CPU of hookstream (API and worker in one
 /// process) and nats-server, and the time a second worker takes to be ready against them.
 pub async fn idle(dests: usize, mode: &str) -> Value {
@@ -611,6 +653,24 @@ pub fn summarise(results: &[(String, Value)]) -> String {
             "",
         ));
     }
+    let fanout = fig("drain_fanout_100", "per_second");
+    rows.push((
+        "[routed] drain 1 event -> 100 dest, deliveries/s".into(),
+        fanout,
+        "",
+    ));
+    rows.push((
+        "[routed] fan-out 100 / drain 1 dest (target >= 100 %)".into(),
+        pct(fanout, one),
+        " %",
+    ));
+    rows.push((
+        "[routed] fan-out 100: worker + nats-server CPU s per 100k".into(),
+        fig("drain_fanout_100", "worker_cpu_s_per_100k")
+            .zip(fig("drain_fanout_100", "nats_cpu_s_per_100k"))
+            .map(|(w, n)| w + n),
+        "",
+    ));
     for f in [1, 10, 100] {
         rows.push((
             format!("router, fan-out {f}: events/s"),
