@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::names::{self, EventSubject, headers as h};
+use crate::broker::names::{self, EventSubject};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind, consumers};
 use crate::destinations::Registry;
 
@@ -106,9 +106,7 @@ async fn drain_one(broker: &Broker, registry: &Registry, name: &str) -> Result<u
             });
             if wanted {
                 let shard = broker.shard_of(id);
-                let mut headers = msg.headers.clone().unwrap_or_default();
-                headers.insert(h::MSG_ID, names::delivery_msg_id(seq, id).as_str());
-                headers.insert(h::EVENT_SEQ, seq.to_string().as_str());
+                let headers = super::delivery_headers(&msg, seq, id);
                 broker
                     .js
                     .publish_with_headers(
