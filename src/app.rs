@@ -62,7 +62,7 @@ pub enum AppError {
         source: std::io::Error,
     },
     #[error("HTTP client could not be built: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    HttpClient(#[from] crate::delivery::sender::SenderError),
     #[error(transparent)]
     Folder(#[from] crate::files::folder::FolderError),
     #[error("HTTP server failed: {0}")]

@@ -17,6 +17,7 @@ pub mod attempt;
 pub mod backlog;
 pub mod dead_letter;
 pub mod dispatcher;
+mod http_client;
 pub mod outcome;
 mod pulls;
 pub mod request;

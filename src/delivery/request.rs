@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::Method;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use super::sender;
 use super::signer;

@@ -3,11 +3,14 @@
 //! address literal or `localhost`) and when a request is sent (the resolver drops
 //! forbidden addresses, so DNS that changes after the check cannot get through).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::config::SecurityConfig;
 
@@ -111,7 +114,8 @@ fn is_internal_v4(v4: Ipv4Addr) -> bool {
         || a == 0
 }
 
-/// A DNS resolver for reqwest that drops addresses the policy forbids.
+/// The delivery client's DNS resolver (hyper-util's `HttpConnector` takes any
+/// `Service<Name>`): it drops the addresses the policy forbids.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     policy: Arc<SsrfPolicy>,
@@ -123,14 +127,23 @@ impl GuardedResolver {
     }
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.clone();
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = if policy.host_allowed(&host) {
+            let host = name.as_str();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = if policy.host_allowed(host) {
                 addrs
             } else {
                 addrs
@@ -144,7 +157,7 @@ impl Resolve for GuardedResolver {
                 )
                 .into());
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }

@@ -26,5 +26,6 @@ mod replicas;
 mod retry;
 mod routing;
 mod scale;
+mod sender;
 mod smoke;
 mod tracing;

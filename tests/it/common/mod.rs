@@ -1,8 +1,9 @@
 //! Fixtures shared by the integration tests: a real nats-server per test ([`nats`]) or a
 //! 3-node cluster ([`cluster`]), the app in-process ([`app`]) or as the real binary
 //! ([`process`]), a recording HTTP receiver ([`receiver`]) with per-id counts ([`seen`]),
-//! steady HTTP load ([`load`]), an OTLP trace receiver ([`otlp`]) and checks done with
-//! independent Python libraries ([`verify`]).
+//! steady HTTP load ([`load`]), an OTLP trace receiver ([`otlp`]), a test certificate
+//! authority for HTTPS receivers ([`tls`]) and checks done with independent Python
+//! libraries ([`verify`]).
 //!
 //! Every fixture binds 127.0.0.1 on a free port and cleans up on drop, so tests run in
 //! parallel without sharing anything. `TEST_LOG=1` shows the logs of everything started.
@@ -22,6 +23,7 @@ pub mod prometheus;
 pub mod receiver;
 pub mod seen;
 pub mod steps;
+pub mod tls;
 pub mod verify;
 
 use std::net::{Ipv4Addr, TcpListener};

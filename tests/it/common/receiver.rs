@@ -73,6 +73,8 @@ struct Shared {
     open: AtomicUsize,
     max_open: AtomicUsize,
     aborted: Mutex<Vec<Request>>,
+    /// Per TLS connection (`start_tls`), the protocol ALPN chose.
+    alpn: Mutex<Vec<Option<Vec<u8>>>>,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -88,6 +90,49 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free 127.0.0.1 port, answering 200 to everything.
     pub async fn start() -> Receiver {
+        let (receiver, app, listener) = Self::parts().await;
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(receiver.shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        receiver
+    }
+
+    /// The same receiver over HTTPS (HTTP/1.1) with this TLS configuration; a handshake
+    /// that fails is dropped without an answer, as a real server does.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Receiver {
+        let (receiver, app, listener) = Self::parts().await;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let shutdown = receiver.shutdown.clone();
+        let shared = receiver.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                };
+                let (acceptor, app, shared) = (acceptor.clone(), app.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    shared.alpn.lock().expect("receiver alpn lock").push(alpn);
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        receiver
+    }
+
+    async fn parts() -> (Receiver, Router, tokio::net::TcpListener) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour {
@@ -100,6 +145,7 @@ impl Receiver {
             open: AtomicUsize::new(0),
             max_open: AtomicUsize::new(0),
             aborted: Mutex::new(Vec::new()),
+            alpn: Mutex::new(Vec::new()),
             requests: tx,
         });
         let app = Router::new()
@@ -111,18 +157,18 @@ impl Receiver {
             .await
             .expect("bind the test receiver");
         let addr = listener.local_addr().expect("receiver address");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
-        Receiver {
+        let receiver = Receiver {
             addr,
             shared,
             requests: tokio::sync::Mutex::new(rx),
-            shutdown,
-        }
+            shutdown: CancellationToken::new(),
+        };
+        (receiver, app, listener)
+    }
+
+    /// The ALPN protocol each TLS connection agreed on so far (`None`: none was).
+    pub fn negotiated_alpn(&self) -> Vec<Option<Vec<u8>>> {
+        self.shared.alpn.lock().expect("receiver alpn lock").clone()
     }
 
     /// `http://127.0.0.1:PORT{path}`; every path is accepted.
