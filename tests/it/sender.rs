@@ -1,6 +1,7 @@
 //! The delivery client's own HTTP behaviour (ADR 0018), seen by real receivers: the
 //! request line and headers it writes, user info in a URL, the SSRF guard on an address
-//! that only a `GET` template reveals, and HTTPS (platform trust, HTTP/1.1 only).
+//! that only a `GET` template reveals, HTTPS (platform trust, HTTP/1.1 only), and the
+//! error texts of failed exchanges (users read them in attempts and `Hs-Last-Error`).
 //! Timeouts, redirects, the 4 KiB body cap and `Retry-After` are in `retry.rs`.
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::steps::{assert_quiet, create, create_at, eventually, send};
 use crate::common::tls::TestCa;
@@ -37,6 +39,26 @@ async fn only_attempt(app: &TestApp, event: &str) -> Value {
             .ok_or_else(|| format!("no attempt recorded: {view}"))
     })
     .await
+}
+
+/// A server that reads a request head, writes `answer` as is, then holds the connection
+/// for `hold` before closing it: the ways a broken destination answers.
+async fn raw_server(answer: &'static [u8], hold: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the raw server");
+    let port = listener.local_addr().expect("raw server address").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut head).await;
+                let _ = socket.write_all(answer).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    port
 }
 
 #[tokio::test]
@@ -179,5 +201,98 @@ async fn https_destination_signed_by_a_trusted_root_is_delivered_over_http1() {
         receiver.negotiated_alpn(),
         [Some(b"http/1.1".to_vec())],
         "one TLS connection, ALPN offering only http/1.1"
+    );
+}
+
+/// One attempt to `url` (a destination of its own), answered with its status, error and
+/// response body.
+async fn attempt_to(app: &TestApp, url: &str, timeout_ms: u64) -> (Value, String, Value) {
+    let destination = create(
+        app,
+        json!({
+            "url": url,
+            "event_types": [">"],
+            "timeout_ms": timeout_ms,
+            "retry": {"schedule_ms": [], "max_attempts": 1},
+        }),
+    )
+    .await;
+    let event = send(app, json!({"type": "a.b", "data": {}})).await;
+    let attempt = eventually(DELIVERY_TIMEOUT, async || {
+        let (_, view) = app.get(&format!("/v1/events/{event}/attempts")).await;
+        view["destinations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["destination_id"] == destination.as_str())
+            .and_then(|d| d["attempts"][0].as_object().cloned())
+            .map(Value::Object)
+            .ok_or_else(|| format!("no attempt to {url}: {view}"))
+    })
+    .await;
+    let error = attempt["error"].as_str().unwrap_or_default().to_string();
+    (
+        attempt["status"].clone(),
+        error,
+        attempt["response_body"].clone(),
+    )
+}
+
+/// The texts reqwest produced, checked against it when the client was replaced (ADR 0018).
+#[tokio::test]
+async fn failed_exchanges_are_described_as_before() {
+    let app = spawn_app().await;
+    let nobody = crate::common::free_port();
+    assert_eq!(
+        attempt_to(&app, &format!("http://127.0.0.1:{nobody}/x"), 1000).await,
+        (
+            Value::Null,
+            "connection failed: Connection refused (os error 111)".into(),
+            Value::Null
+        )
+    );
+
+    let port = raw_server(b"", Duration::ZERO).await;
+    let url = format!("http://127.0.0.1:{port}/x?q=1");
+    let expected = format!(
+        "error sending request for url ({url}): client error (SendRequest): connection closed before message completed"
+    );
+    assert_eq!(
+        attempt_to(&app, &url, 1000).await,
+        (Value::Null, expected, Value::Null)
+    );
+
+    let port = raw_server(b"garbage\r\n\r\n", Duration::ZERO).await;
+    let url = format!("http://127.0.0.1:{port}/x");
+    let (status, error, _) = attempt_to(&app, &url, 1000).await;
+    assert_eq!(status, Value::Null);
+    assert_eq!(
+        error,
+        format!(
+            "error sending request for url ({url}): client error (SendRequest): invalid HTTP version parsed"
+        )
+    );
+
+    // Silence: the total timeout, whether no answer comes or the body stalls.
+    let port = raw_server(b"", Duration::from_secs(10)).await;
+    let url = format!("http://127.0.0.1:{port}/x");
+    assert_eq!(
+        attempt_to(&app, &url, 300).await,
+        (Value::Null, "timed out after 300 ms".into(), Value::Null)
+    );
+    const PARTIAL: &[u8] = b"HTTP/1.1 500 Oops\r\ncontent-length: 100\r\n\r\nabc";
+    let port = raw_server(PARTIAL, Duration::from_secs(10)).await;
+    assert_eq!(
+        attempt_to(&app, &format!("http://127.0.0.1:{port}/x"), 500).await,
+        (json!(500), "timed out after 500 ms".into(), json!("abc"))
+    );
+    let port = raw_server(PARTIAL, Duration::ZERO).await;
+    assert_eq!(
+        attempt_to(&app, &format!("http://127.0.0.1:{port}/x"), 1000).await,
+        (
+            json!(500),
+            "error decoding response body: request or response body error: error reading a body from connection: end of file before message length reached".into(),
+            json!("abc")
+        )
     );
 }
