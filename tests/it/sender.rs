@@ -29,14 +29,18 @@ async fn next(receiver: &Receiver) -> Request {
         .expect("a delivery")
 }
 
-/// The one attempt record of `event` (single-destination tests), once it is there.
-async fn only_attempt(app: &TestApp, event: &str) -> Value {
+/// The first attempt record of `event` at `destination`, once it is there.
+async fn first_attempt(app: &TestApp, event: &str, destination: &str) -> Value {
     eventually(DELIVERY_TIMEOUT, async || {
         let (_, view) = app.get(&format!("/v1/events/{event}/attempts")).await;
-        view["destinations"][0]["attempts"][0]
-            .as_object()
-            .map(|a| Value::Object(a.clone()))
-            .ok_or_else(|| format!("no attempt recorded: {view}"))
+        view["destinations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["destination_id"] == destination)
+            .and_then(|d| d["attempts"][0].as_object().cloned())
+            .map(Value::Object)
+            .ok_or_else(|| format!("no attempt at {destination}: {view}"))
     })
     .await
 }
@@ -118,7 +122,7 @@ async fn an_address_literal_filled_into_a_get_template_is_refused_before_sending
     .await;
     let receiver = Receiver::start().await;
     let port = receiver.address().port();
-    create(
+    let destination = create(
         &app,
         json!({
             "url": format!("http://{{host}}:{port}/hook"),
@@ -130,7 +134,7 @@ async fn an_address_literal_filled_into_a_get_template_is_refused_before_sending
     .await;
     let id = send(&app, json!({"type": "a.b", "data": {"host": "127.0.0.1"}})).await;
 
-    let attempt = only_attempt(&app, &id).await;
+    let attempt = first_attempt(&app, &id, &destination).await;
     let error = attempt["error"].as_str().unwrap_or_default();
     assert!(
         error.starts_with("refused by SSRF guard: 127.0.0.1 is a private"),
@@ -148,7 +152,7 @@ async fn https_destination_with_an_untrusted_certificate_fails_to_connect() {
     let app = spawn_app().await;
     let ca = TestCa::create();
     let receiver = Receiver::start_tls(ca.server_config()).await;
-    create(
+    let destination = create(
         &app,
         json!({
             "url": format!("https://127.0.0.1:{}/hook", receiver.address().port()),
@@ -159,7 +163,7 @@ async fn https_destination_with_an_untrusted_certificate_fails_to_connect() {
     .await;
     let id = send(&app, json!({"type": "a.b", "data": {}})).await;
 
-    let attempt = only_attempt(&app, &id).await;
+    let attempt = first_attempt(&app, &id, &destination).await;
     assert_eq!(
         attempt["error"], "connection failed: invalid peer certificate: UnknownIssuer",
         "the test CA is not among the system's roots: {attempt}"
@@ -218,18 +222,7 @@ async fn attempt_to(app: &TestApp, url: &str, timeout_ms: u64) -> (Value, String
     )
     .await;
     let event = send(app, json!({"type": "a.b", "data": {}})).await;
-    let attempt = eventually(DELIVERY_TIMEOUT, async || {
-        let (_, view) = app.get(&format!("/v1/events/{event}/attempts")).await;
-        view["destinations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["destination_id"] == destination.as_str())
-            .and_then(|d| d["attempts"][0].as_object().cloned())
-            .map(Value::Object)
-            .ok_or_else(|| format!("no attempt to {url}: {view}"))
-    })
-    .await;
+    let attempt = first_attempt(app, &event, &destination).await;
     let error = attempt["error"].as_str().unwrap_or_default().to_string();
     (
         attempt["status"].clone(),
