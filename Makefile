@@ -79,7 +79,15 @@ $(CHROMEDRIVER):
 
 browser: $(CHROMEDRIVER)
 
-test: tools helm-check browser
+# The HTTPS delivery tests make their own CA and certificates with the openssl command
+# (tests/it/common/tls.rs); installed with apt where it is missing.
+OPENSSL := /usr/bin/openssl
+
+$(OPENSSL):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+
+test: tools helm-check browser $(OPENSSL)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	HOOKSTREAM_TEST_NATS_SERVER=$(NATS_SERVER) \

@@ -145,7 +145,7 @@ impl App {
             crate::files::folder::check(folder)?;
         }
         let files = Files::connect(broker.clone(), cfg.clone(), ingestor.clone()).await?;
-        let state = AppState {
+        let state = AppState::new(api::Shared {
             broker: broker.clone(),
             cfg: cfg.clone(),
             ingestor,
@@ -157,7 +157,7 @@ impl App {
             metrics: telemetry::metrics::install(cfg.telemetry.destination_label_limit()),
             console: Default::default(),
             keys,
-        };
+        });
         let addr = cfg.listen_addr();
         let listener = TcpListener::bind(addr)
             .await

@@ -65,6 +65,7 @@ async fn main() {
         );
     }
     run!("ingest", scenarios::ingest(n(20_000)));
+    run!("ingest_c32", scenarios::ingest_single(n(20_000), 32));
     for (fanout, events) in [(1, 20_000), (10, 10_000), (100, 2_000)] {
         run!(
             &format!("route_fanout_{fanout}"),

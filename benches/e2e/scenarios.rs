@@ -252,6 +252,54 @@ pub async fn ingest(total: usize) -> Value {
     json!({ "http_single_per_second": single, "http_batch100_per_second": batch, "nats_publish_per_second": nats_publish })
 }
 
+/// (3b) Single-event HTTP ingest with `concurrency` requests in flight (issue 21: 32),
+/// each request timed: the rate, p50 / p99 of the 202, and the CPU of the API process and
+/// nats-server per 1,000 accepted events. Compared with `raw_http` (same client).
+pub async fn ingest_single(total: usize, concurrency: usize) -> Value {
+    let nats = Nats::start();
+    let service = Service::start(&nats.url(), "api", &[]).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let url = format!("{}/v1/events", service.base());
+    let post = |i: usize| {
+        let body = json!({"type": "bench.single", "data": {"i": i, "pad": pad()}});
+        let r = client.post(&url).json(&body).send();
+        async move {
+            let sent = Instant::now();
+            assert_eq!(r.await.expect("post").status(), 202);
+            sent.elapsed().as_micros() as u64
+        }
+    };
+    // Warm the connections and the API's caches first: not counted.
+    futures::stream::iter(0..concurrency * 10)
+        .map(post)
+        .buffer_unordered(concurrency)
+        .for_each(|_| async {})
+        .await;
+    let (_, cpu0) = proc_stats(service.pid());
+    let (_, ncpu0) = proc_stats(nats.pid());
+    let started = Instant::now();
+    let latencies: Vec<u64> = futures::stream::iter(0..total)
+        .map(post)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let (_, cpu1) = proc_stats(service.pid());
+    let (_, ncpu1) = proc_stats(nats.pid());
+    let (p50, p90, p99, max) = percentiles(latencies);
+    json!({
+        "events": total, "concurrency": concurrency,
+        "per_second": total as f64 / secs,
+        "p50_ms": p50 as f64 / 1000.0, "p90_ms": p90 as f64 / 1000.0,
+        "p99_ms": p99 as f64 / 1000.0, "max_ms": max as f64 / 1000.0,
+        "api_cpu_ms_per_1k": (cpu1 - cpu0) * 1e6 / total as f64,
+        "nats_cpu_ms_per_1k": (ncpu1 - ncpu0) * 1e6 / total as f64,
+    })
+}
+
 /// How long a drain may take before it is reported as incomplete (with the rate reached).
 /// 180 s: 10,000 destinations with 2 events each create 10,000 consumers, which took
 /// longer than 60 s in the first routed run (ADR 0010); the run should say how long.
@@ -576,6 +624,30 @@ pub fn summarise(results: &[(String, Value)]) -> String {
         ),
     ] {
         rows.push((label.into(), fig(name, key), ""));
+    }
+    let c32 = fig("ingest_c32", "per_second");
+    rows.push(("ingest HTTP single at concurrency 32, ev/s".into(), c32, ""));
+    rows.push((
+        "ingest HTTP single at concurrency 32 / raw HTTP".into(),
+        pct(c32, raw),
+        " %",
+    ));
+    for p in ["p50", "p99"] {
+        rows.push((
+            format!("ingest HTTP single at concurrency 32, {p} ms"),
+            fig("ingest_c32", &format!("{p}_ms")),
+            "",
+        ));
+    }
+    for (label, key) in [
+        ("API", "api_cpu_ms_per_1k"),
+        ("nats-server", "nats_cpu_ms_per_1k"),
+    ] {
+        rows.push((
+            format!("ingest at concurrency 32: {label} CPU ms per 1k events"),
+            fig("ingest_c32", key),
+            "",
+        ));
     }
     for mode in ["routed", "old"] {
         let one = fig(&format!("drain_1_{mode}"), "per_second");

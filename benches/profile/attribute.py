@@ -7,6 +7,7 @@ whose frame pattern appears anywhere in its stack, in the order listed.
     benches/profile/attribute.py worker worker.script
     perf script -i nats.data -F ip,sym > nats.script
     benches/profile/attribute.py nats nats.script
+    benches/profile/attribute.py api worker.script     # ROLE=api profile.sh ingest_c32 ...
 
 Used for the tables of docs/PERFORMANCE.md ("Where a delivery's CPU goes"). Categories
 are checked in order: a sample of an HTTP send made by a delivery counts as "HTTP
@@ -28,6 +29,20 @@ CATEGORIES = {
         ("delivery task (spawn, ack, the rest of an attempt)", ["Deliverer::", "hookstream::delivery::dispatcher"]),
         ("NATS connection (protocol read and write)", ["async_nats::ConnectionHandler", "async_nats::connection"]),
         ("pull answers to drains", ["broker::pull"]),
+        ("other async-nats", ["async_nats::"]),
+        ("tokio scheduler and timers", ["tokio::"]),
+    ],
+    "api": [
+        ("idempotency look-up (KV get)", ["Ingestor::recall"]),
+        ("idempotency record (KV put, its PubAck)", ["kv::Store::put"]),
+        ("envelope (build, serialise)", ["Ingestor::message"]),
+        ("event publish and its PubAck", ["Ingestor::ingest_in_turn"]),
+        ("request body parse", ["ApiJson", "api::json::parse"]),
+        ("handler (the rest of post_event)", ["api::events::post_event"]),
+        ("access check", ["access::guard"]),
+        ("other middleware (metrics, span, Retry-After, timeout)", ["count_requests", "trace_requests", "retry_after_on_503", "tower_http::"]),
+        ("HTTP server (hyper: parse, write)", ["hyper::", "hyper_util::"]),
+        ("NATS connection (protocol read and write)", ["async_nats::connect_with_options", "async_nats::connection", "async_nats::ConnectionHandler"]),
         ("other async-nats", ["async_nats::"]),
         ("tokio scheduler and timers", ["tokio::"]),
     ],

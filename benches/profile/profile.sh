@@ -5,6 +5,7 @@
 #   benches/profile/profile.sh drain_1_routed target/profile-drain-1 [BENCH_SCALE]
 # DELAY (s, default 2): how long after the worker starts the recording begins;
 # DUR (s, default 5): how long it records. HSBIN: the hookstream binary to run.
+# ROLE (default worker): the process profiled beside nats-server, e.g. api for ingest_c32.
 set -u
 cd "$(dirname "$0")/../.."
 SCENARIO=$1
@@ -16,9 +17,10 @@ mkdir -p "$OUT"
 HOOKSTREAM_TEST_NATS_SERVER=$PWD/.tools/venv/bin/nats-server HOOKSTREAM_BENCH_BIN=$HSBIN \
   BENCH_SCALE=$SCALE BENCH_ONLY=$SCENARIO "$BENCH" > "$OUT/bench.txt" 2>&1 &
 BENCH_PID=$!
+ROLE=${ROLE:-worker}
 WORKER=
 for _ in $(seq 1 600); do
-  WORKER=$(pgrep -f "$HSBIN worker" | head -1)
+  WORKER=$(pgrep -f "$HSBIN $ROLE" | head -1)
   [ -n "$WORKER" ] && break
   sleep 0.1
 done

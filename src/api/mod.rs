@@ -34,8 +34,26 @@ use crate::destinations::Registry;
 use crate::ingest::Ingestor;
 use crate::telemetry::metrics as m;
 
+/// What every handler and middleware reads. One `Arc`: axum clones the state into every
+/// layer of every request, and cloning a dozen handles (each an `Arc` or more) cost the
+/// ingest path 8 % of its CPU (docs/PERFORMANCE.md, ingest profile).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub broker: Broker,
     pub cfg: Arc<Config>,
     pub ingestor: Ingestor,
@@ -91,13 +109,8 @@ pub fn router(state: AppState, front: Router<AppState>) -> Router {
         })
         // Innermost: a 401 or 403 is counted and gets the other layers like any answer.
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
-        .layer(middleware::from_fn_with_state(
-            retry_after,
-            retry_after_on_503,
-        ))
-        .layer(middleware::from_fn(count_requests))
         // Outermost: the server span covers the whole request, timeout included.
-        .layer(middleware::from_fn(traced::trace_requests))
+        .layer(middleware::from_fn_with_state(retry_after, edge))
         .with_state(state)
 }
 
@@ -109,27 +122,25 @@ pub fn worker_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn retry_after_on_503(State(secs): State<u64>, req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE
-        && !response.headers().contains_key(header::RETRY_AFTER)
-    {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&secs.to_string()).expect("digits are a valid header value"),
-        );
-    }
-    response
-}
-
-async fn count_requests(req: Request, next: Next) -> Response {
+/// The outer layers of every request, in one `from_fn` (each such layer costs a boxed
+/// service clone and a boxed future per request): the server span (`traced.rs`), the
+/// request counter, and `Retry-After` on a 503 that has none.
+async fn edge(State(retry_after_secs): State<u64>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
     let method = req.method().to_string();
-    let response = next.run(req).await;
+    let span = traced::server_span(&req, &route);
+    let mut response = traced::run_in(span, req, next).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
     metrics::counter!(
         m::HTTP_REQUESTS,
         "route" => route,

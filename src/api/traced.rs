@@ -3,7 +3,7 @@
 //! endpoints (`/metrics`, `/healthz`, `/readyz`) are not traced: a scrape every few
 //! seconds would bury the events' traces.
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -12,18 +12,19 @@ use crate::telemetry::{spans, traces};
 
 const UNTRACED: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
-pub async fn trace_requests(req: Request, next: Next) -> Response {
-    if !traces::enabled() {
-        return next.run(req).await;
+/// The server span for a request to `route`, or none (traces off, or an operations route).
+pub fn server_span(req: &Request, route: &str) -> Option<tracing::Span> {
+    if !traces::enabled() || UNTRACED.contains(&route) {
+        return None;
     }
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str());
-    if UNTRACED.contains(&route) {
+    Some(spans::http_server(req.method(), route, req.headers()))
+}
+
+/// Runs the rest of the request inside `span` (when there is one) and records its status.
+pub async fn run_in(span: Option<tracing::Span>, req: Request, next: Next) -> Response {
+    let Some(span) = span else {
         return next.run(req).await;
-    }
-    let span = spans::http_server(req.method(), route, req.headers());
+    };
     let response = next.run(req).instrument(span.clone()).await;
     spans::record_http_server_status(&span, response.status().as_u16());
     response
