@@ -20,7 +20,7 @@ import sys
 CATEGORIES = {
     "worker": [
         ("router (pull, decide, publish, PubAcks, acks)", ["hookstream::router::"]),
-        ("HTTP request (reqwest, in the delivery task)", ["Sender::send"]),
+        ("HTTP request (the client, in the delivery task)", ["Sender::send"]),
         ("HTTP connection task (hyper: socket writes and reads)", ["hyper::proto", "hyper_util", "hyper::client"]),
         ("attempt record (serialise, publish)", ["Deliverer::record"]),
         ("envelope parse", ["Deliverer::parse"]),

@@ -70,9 +70,8 @@ impl SsrfPolicy {
         match url.host() {
             Some(url::Host::Ipv4(ip)) if !self.ip_allowed(ip.into()) => Err(refused()),
             Some(url::Host::Ipv6(ip)) if !self.ip_allowed(ip.into()) => Err(refused()),
-            Some(url::Host::Domain(d))
-                if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") =>
-            {
+            // A trailing dot (a fully qualified name) is the same host.
+            Some(url::Host::Domain(d)) if is_localhost(d.trim_end_matches('.')) => {
                 if self.ip_allowed(IpAddr::V4(Ipv4Addr::LOCALHOST)) {
                     Ok(())
                 } else {
@@ -82,6 +81,12 @@ impl SsrfPolicy {
             _ => Ok(()),
         }
     }
+}
+
+/// `localhost` and its subdomains (RFC 6761), in any case.
+fn is_localhost(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 /// Loopback, private, link-local, CGNAT, unique-local, unspecified, multicast, broadcast.

@@ -530,6 +530,9 @@ async fn private_loopback_and_link_local_urls_are_refused_by_default() {
         "http://localhost/",
         "http://LOCALHOST:8080/",
         "http://api.localhost/",
+        // Fully qualified (a trailing dot): the same host.
+        "http://localhost./",
+        "http://api.localhost.:8080/",
         "http://[::1]/",
         "http://[::ffff:127.0.0.1]/",
         "http://10.0.0.1/",
