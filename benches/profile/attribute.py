@@ -40,7 +40,7 @@ CATEGORIES = {
         ("request body parse", ["ApiJson", "api::json::parse"]),
         ("handler (the rest of post_event)", ["api::events::post_event"]),
         ("access check", ["access::guard"]),
-        ("other middleware (metrics, span, Retry-After, timeout)", ["count_requests", "trace_requests", "retry_after_on_503", "tower_http::"]),
+        ("other middleware (metrics, span, Retry-After, timeout)", ["api::edge", "count_requests", "trace_requests", "retry_after_on_503", "tower_http::"]),
         ("HTTP server (hyper: parse, write)", ["hyper::", "hyper_util::"]),
         ("NATS connection (protocol read and write)", ["async_nats::connect_with_options", "async_nats::connection", "async_nats::ConnectionHandler"]),
         ("other async-nats", ["async_nats::"]),
