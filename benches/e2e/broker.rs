@@ -8,6 +8,11 @@
 //!   `HS_DLV_<k>` WorkQueue shards.
 //! - `ack_cost`: one busy consumer on a WorkQueue shard beside many idle ones (nats-server
 //!   loops over a WorkQueue stream's consumers on every ack).
+//! - `levers`: what each way of writing the router's copy costs nats-server (shard
+//!   publishes, router acks, lookup records).
+
+pub mod fast_batch;
+pub mod levers;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

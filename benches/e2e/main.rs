@@ -64,6 +64,35 @@ async fn main() {
             broker::ack_cost(idle, n(events))
         );
     }
+    // Levers for the routed layout's copy (docs/PERFORMANCE.md), broker alone.
+    {
+        use broker::levers::{self, Write};
+        let shard = [
+            Write::PubAcked,
+            Write::FastBatch(100),
+            Write::FastBatch(1_000),
+            Write::FastBatch(10_000),
+            Write::Core,
+        ];
+        for how in shard {
+            run!(
+                &format!("lever_shard_{}", how.label()),
+                levers::shard_publish(how, n(20_000))
+            );
+        }
+        run!("lever_fast_batch_checks", broker::fast_batch::checks());
+        run!(
+            "lever_router_ack_explicit",
+            levers::router_acks(false, n(20_000))
+        );
+        run!("lever_router_ack_all", levers::router_acks(true, n(20_000)));
+        for how in [Write::PubAcked, Write::FastBatch(1_000), Write::Core] {
+            run!(
+                &format!("lever_kv_{}", how.label()),
+                levers::kv_record(how, n(20_000))
+            );
+        }
+    }
     run!("ingest", scenarios::ingest(n(20_000)));
     run!("ingest_c32", scenarios::ingest_single(n(20_000), 32));
     for (fanout, events) in [(1, 20_000), (10, 10_000), (100, 2_000)] {
