@@ -61,6 +61,7 @@ pub async fn spawn_app_on(nats: &Arc<NatsServer>, adjust: impl FnOnce(&mut Confi
         // Tests of retries and dead letters fail receivers on purpose; the circuit breaker
         // (tested in flow.rs, which sets its own threshold) would hold their events.
         cfg.flow.circuit_failure_threshold = u32::MAX;
+        small_streams(&mut cfg);
         adjust(&mut cfg);
 
         let app = App::build(cfg).await.expect("app builds");
@@ -246,3 +247,29 @@ pub async fn probe_ready(client: &reqwest::Client, base_url: &str) -> Result<(),
         Err(err) => Err(format!("error: {err}")),
     }
 }
+
+/// Stream limits a test never reaches. JetStream reserves every file stream's `max_bytes`
+/// on disk and refuses a stream beyond 75 % of the free space: the defaults reserve
+/// 28 GiB per nats-server, so tests failed with "insufficient storage resources" on a
+/// disk with less than ~37 GiB free. Tests of full streams set their own.
+pub fn small_streams(cfg: &mut Config) {
+    for (name, value) in SMALL_STREAMS {
+        let value: i64 = value.parse().expect("a number");
+        match name {
+            "HOOKSTREAM_EVENTS__MAX_BYTES" => cfg.events.max_bytes = value,
+            "HOOKSTREAM_EVENTS__DELIVERY_MAX_BYTES" => cfg.events.delivery_max_bytes = value,
+            "HOOKSTREAM_ATTEMPTS__MAX_BYTES" => cfg.attempts.max_bytes = value,
+            "HOOKSTREAM_DLQ__MAX_BYTES" => cfg.dlq.max_bytes = value,
+            other => unreachable!("{other}"),
+        }
+    }
+}
+
+/// The same limits as environment variables, for a service run as a process (1 GiB of
+/// events, 64 MiB per delivery shard, 512 MiB of attempts and of dead letters: 4 GiB).
+pub const SMALL_STREAMS: [(&str, &str); 4] = [
+    ("HOOKSTREAM_EVENTS__MAX_BYTES", "1073741824"),
+    ("HOOKSTREAM_EVENTS__DELIVERY_MAX_BYTES", "67108864"),
+    ("HOOKSTREAM_ATTEMPTS__MAX_BYTES", "536870912"),
+    ("HOOKSTREAM_DLQ__MAX_BYTES", "536870912"),
+];
