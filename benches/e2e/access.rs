@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Nats, Service};
+use crate::harness::{Nats, Service, http_client};
 
 /// Rounds per mode; each round posts `total / (2 * ROUNDS)` events.
 const ROUNDS: usize = 8;
@@ -16,10 +16,7 @@ const ROUNDS: usize = 8;
 pub async fn ingest_with_and_without_key(total: usize) -> Value {
     let nats = Nats::start();
     let service = Service::start(&nats.url(), "api", &[]).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let client = http_client();
     let created: Value = client
         .post(format!("{}/v1/api-keys", service.base()))
         .json(&json!({"tenant": "bench", "role": "ingest"}))

@@ -332,3 +332,11 @@ pub fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64, u64) {
     let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     (at(0.50), at(0.90), at(0.99), *v.last().unwrap_or(&0))
 }
+
+/// The load driver's HTTP client: keep-alive connections for 256 requests in flight.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client")
+}

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Nats, Receiver, Service, now_ns, percentiles, proc_stats};
+use crate::harness::{Nats, Receiver, Service, http_client, now_ns, percentiles, proc_stats};
 
 const PAD: usize = 400;
 
@@ -132,12 +132,12 @@ async fn preload_events(js: &jetstream::Context, indexes: &[usize], dests: usize
 /// (1) The HTTP stack the workers use, straight to the receiver: the reference 1.0.
 pub async fn raw_http(total: usize) -> Value {
     let receiver = Receiver::start().await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let client = http_client();
     let body = bytes::Bytes::from(envelope(0, "bench.raw"));
     let url = receiver.url("ok", 0);
+    // Client and receiver both run in this process: its CPU is the pair's (issue 21
+    // compares a delivery's whole-stack CPU with it).
+    let (_, cpu0) = proc_stats(std::process::id());
     let started = Instant::now();
     futures::stream::iter(0..total)
         .map(|_| {
@@ -152,7 +152,11 @@ pub async fn raw_http(total: usize) -> Value {
         .for_each(|_| async {})
         .await;
     let secs = started.elapsed().as_secs_f64();
-    json!({ "requests": total, "per_second": total as f64 / secs })
+    let (_, cpu1) = proc_stats(std::process::id());
+    json!({
+        "requests": total, "per_second": total as f64 / secs,
+        "cpu_s_per_100k": (cpu1 - cpu0) * 100_000.0 / total as f64,
+    })
 }
 
 /// (2) JetStream publish with 256 acks in flight, then one pull consumer draining with acks.
@@ -212,10 +216,7 @@ pub async fn raw_jetstream(total: usize) -> Value {
 pub async fn ingest(total: usize) -> Value {
     let nats = Nats::start();
     let service = Service::start(&nats.url(), "api", &[]).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let client = http_client();
     let url = format!("{}/v1/events", service.base());
     let started = Instant::now();
     futures::stream::iter(0..total)
@@ -258,10 +259,7 @@ pub async fn ingest(total: usize) -> Value {
 pub async fn ingest_single(total: usize, concurrency: usize) -> Value {
     let nats = Nats::start();
     let service = Service::start(&nats.url(), "api", &[]).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let client = http_client();
     let url = format!("{}/v1/events", service.base());
     let post = |i: usize| {
         let body = json!({"type": "bench.single", "data": {"i": i, "pad": pad()}});
@@ -456,10 +454,7 @@ pub async fn latency(dests: usize, rate: usize, total: usize, mode: &str) -> Val
     // Let the first sweep and the creation burst settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     receiver.state.record_latency.store(true, Ordering::Relaxed);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let client = http_client();
     let url = format!("{}/v1/events", service.base());
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -624,6 +619,22 @@ pub fn summarise(results: &[(String, Value)]) -> String {
         ),
     ] {
         rows.push((label.into(), fig(name, key), ""));
+    }
+    let raw_cpu = fig("raw_http", "cpu_s_per_100k");
+    rows.push((
+        "raw HTTP: client + receiver CPU s per 100k".into(),
+        raw_cpu,
+        "",
+    ));
+    for name in ["drain_1_routed", "drain_fanout_100"] {
+        let stack = fig(name, "worker_cpu_s_per_100k")
+            .zip(fig(name, "nats_cpu_s_per_100k"))
+            .map(|(w, n)| w + n);
+        rows.push((
+            format!("{name}: worker + nats-server CPU / raw HTTP's per request"),
+            stack.zip(raw_cpu).map(|(s, r)| s / r),
+            " ×",
+        ));
     }
     let c32 = fig("ingest_c32", "per_second");
     rows.push(("ingest HTTP single at concurrency 32, ev/s".into(), c32, ""));

@@ -25,7 +25,8 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 sleep "${DELAY:-2}"
-NATS=$(pgrep -f nats-server -n)
+# The bench's own nats-server (its newest child), not another one on the machine.
+NATS=$(pgrep -n -P "$BENCH_PID" -f nats-server)
 # Go keeps frame pointers; Rust stacks need DWARF unwinding (release has debug = 1).
 perf record -F 1999 -g -o "$OUT/nats.data" -p "$NATS" -- sleep "${DUR:-5}" 2>/dev/null &
 perf record -F 1999 --call-graph dwarf,16384 -o "$OUT/worker.data" -p "$WORKER" -- sleep "${DUR:-5}" 2>/dev/null &

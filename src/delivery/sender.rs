@@ -112,7 +112,7 @@ impl Sender {
         let response =
             match tokio::time::timeout_at(deadline, self.client.request(http_request)).await {
                 Ok(Ok(response)) => response,
-                Ok(Err(e)) => return failed(describe_send(&e, &shown(&url), request.timeout)),
+                Ok(Err(e)) => return failed(describe_send(&e, &named(&url), request.timeout)),
                 Err(_) => return failed(timed_out(request.timeout)),
             };
         let status = response.status().as_u16();
@@ -180,11 +180,22 @@ fn target(url: &url::Url) -> Result<(Uri, Option<HeaderValue>), String> {
 
 /// The URL as sent: without user info (it travels as `Authorization`) or fragment.
 fn shown(url: &url::Url) -> Cow<'_, str> {
+    without_user_info(url, url::Position::AfterQuery)
+}
+
+/// The URL as an error text names it: without user info, query or fragment. Receivers
+/// often carry a token in the query, and the text goes into attempt records,
+/// `Hs-Last-Error` and logs (reqwest showed the query).
+fn named(url: &url::Url) -> Cow<'_, str> {
+    without_user_info(url, url::Position::AfterPath)
+}
+
+fn without_user_info(url: &url::Url, end: url::Position) -> Cow<'_, str> {
     if url.username().is_empty() && url.password().is_none() {
-        return Cow::Borrowed(&url[..url::Position::AfterQuery]);
+        return Cow::Borrowed(&url[..end]);
     }
     let scheme = &url[..url::Position::BeforeUsername];
-    let rest = &url[url::Position::BeforeHost..url::Position::AfterQuery];
+    let rest = &url[url::Position::BeforeHost..end];
     Cow::Owned(format!("{scheme}{rest}"))
 }
 
