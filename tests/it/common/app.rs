@@ -251,25 +251,31 @@ pub async fn probe_ready(client: &reqwest::Client, base_url: &str) -> Result<(),
 /// Stream limits a test never reaches. JetStream reserves every file stream's `max_bytes`
 /// on disk and refuses a stream beyond 75 % of the free space: the defaults reserve
 /// 28 GiB per nats-server, so tests failed with "insufficient storage resources" on a
-/// disk with less than ~37 GiB free. Tests of full streams set their own.
+/// disk with less than ~37 GiB free. These reserve 4 GiB; tests of full streams set their
+/// own.
+const EVENTS_MAX_BYTES: i64 = 1 << 30;
+const SHARD_MAX_BYTES: i64 = 64 << 20;
+const RETENTION_MAX_BYTES: i64 = 512 << 20;
+
 pub fn small_streams(cfg: &mut Config) {
-    for (name, value) in SMALL_STREAMS {
-        let value: i64 = value.parse().expect("a number");
-        match name {
-            "HOOKSTREAM_EVENTS__MAX_BYTES" => cfg.events.max_bytes = value,
-            "HOOKSTREAM_EVENTS__DELIVERY_MAX_BYTES" => cfg.events.delivery_max_bytes = value,
-            "HOOKSTREAM_ATTEMPTS__MAX_BYTES" => cfg.attempts.max_bytes = value,
-            "HOOKSTREAM_DLQ__MAX_BYTES" => cfg.dlq.max_bytes = value,
-            other => unreachable!("{other}"),
-        }
-    }
+    cfg.events.max_bytes = EVENTS_MAX_BYTES;
+    cfg.events.delivery_max_bytes = SHARD_MAX_BYTES;
+    cfg.attempts.max_bytes = RETENTION_MAX_BYTES;
+    cfg.dlq.max_bytes = RETENTION_MAX_BYTES;
 }
 
-/// The same limits as environment variables, for a service run as a process (1 GiB of
-/// events, 64 MiB per delivery shard, 512 MiB of attempts and of dead letters: 4 GiB).
-pub const SMALL_STREAMS: [(&str, &str); 4] = [
-    ("HOOKSTREAM_EVENTS__MAX_BYTES", "1073741824"),
-    ("HOOKSTREAM_EVENTS__DELIVERY_MAX_BYTES", "67108864"),
-    ("HOOKSTREAM_ATTEMPTS__MAX_BYTES", "536870912"),
-    ("HOOKSTREAM_DLQ__MAX_BYTES", "536870912"),
-];
+/// The same limits as environment variables, for a service run as a process.
+pub fn small_streams_env() -> [(&'static str, String); 4] {
+    [
+        ("HOOKSTREAM_EVENTS__MAX_BYTES", EVENTS_MAX_BYTES.to_string()),
+        (
+            "HOOKSTREAM_EVENTS__DELIVERY_MAX_BYTES",
+            SHARD_MAX_BYTES.to_string(),
+        ),
+        (
+            "HOOKSTREAM_ATTEMPTS__MAX_BYTES",
+            RETENTION_MAX_BYTES.to_string(),
+        ),
+        ("HOOKSTREAM_DLQ__MAX_BYTES", RETENTION_MAX_BYTES.to_string()),
+    ]
+}

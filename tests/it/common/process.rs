@@ -49,7 +49,7 @@ impl ServiceProcess {
             // breaker (tested in flow.rs) would hold their events for its cool-down.
             .env("HOOKSTREAM_FLOW__CIRCUIT_FAILURE_THRESHOLD", "1000000000")
             .env("RUST_LOG", "info")
-            .envs(super::app::SMALL_STREAMS)
+            .envs(super::app::small_streams_env())
             .envs(extra_env.iter().copied());
         if super::test_log_enabled() {
             command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
