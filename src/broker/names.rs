@@ -16,8 +16,11 @@ pub const CIRCUIT_BUCKET: &str = "hs_circuit";
 pub const API_KEYS_BUCKET: &str = "hs_api_keys";
 
 // --- Routing (docs/adr/0010): the router consumer and the delivery shards. ---
-/// The one durable consumer on `HS_EVENTS` (no filter) that routes every event.
-pub const ROUTER_CONSUMER: &str = "hs_router";
+/// The one durable consumer on `HS_EVENTS` (no filter) that routes every event, acked
+/// with policy *all* (docs/adr/0019).
+pub const ROUTER_CONSUMER: &str = "hs_router_all";
+/// The router consumer of earlier versions (explicit acks): replaced at start.
+pub const LEGACY_ROUTER_CONSUMER: &str = "hs_router";
 /// Its priority group: one replica is pinned (routes), the others wait on standby.
 pub const ROUTER_GROUP: &str = "router";
 /// `HS_DLV_<k>`: the deliveries still to make, WorkQueue, one shard of many.

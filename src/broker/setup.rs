@@ -433,9 +433,10 @@ pub fn router_consumer(
         durable_name: Some(names::ROUTER_CONSUMER.into()),
         description: Some("hookstream: routes every event to its destinations' shards".into()),
         deliver_policy: start,
-        // Each event acked on its own: with ack policy *all*, a new router acking its
-        // first window would also ack the events a dead router held and never routed.
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        // One ack per window settles all of it (docs/adr/0019). A router acks only a
+        // window that continues from its floor (`router/floor.rs`), so an ack never
+        // settles events that another router pulled and did not route.
+        ack_policy: jetstream::consumer::AckPolicy::All,
         // Short: after a router dies, its unacked events are routed again by the next
         // one this long after (a slow window keeps its events with progress acks).
         ack_wait: ROUTER_ACK_WAIT,
@@ -449,40 +450,84 @@ pub fn router_consumer(
 }
 
 /// Creates the router consumer unless it exists. On a new stream it starts at the first
-/// event; on a stream that already holds events (an upgrade from per-destination
-/// consumers, which keep routing what they hold: `router/upgrade.rs`) at the next one.
+/// event; after the router consumer of an earlier version (explicit acks, `hs_router`)
+/// right after that one's ack floor, which is then removed; on a stream that already
+/// holds events without either (an upgrade from per-destination consumers, which keep
+/// routing what they hold: `router/upgrade.rs`) at the next one.
 pub async fn ensure_router_consumer(events: &stream::Stream) -> Result<(), BrokerError> {
     use jetstream::consumer::DeliverPolicy;
-    match events
-        .get_consumer::<jetstream::consumer::pull::Config>(names::ROUTER_CONSUMER)
-        .await
+    if router_consumer_info(events, names::ROUTER_CONSUMER)
+        .await?
+        .is_some()
     {
-        Ok(_) => return Ok(()),
-        Err(e) => {
-            let err = BrokerError::new("looking up the router consumer", e);
-            if err.kind != BrokerErrorKind::NotFound {
-                return Err(err);
-            }
-        }
+        return remove_legacy_router(events).await;
     }
-    let info = events
-        .get_info()
-        .await
-        .map_err(|e| BrokerError::new("reading events stream info", e))?;
-    let start = if info.state.messages == 0 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: info.state.last_sequence + 1,
+    let start = match router_consumer_info(events, names::LEGACY_ROUTER_CONSUMER).await? {
+        // Events it acked above its floor are routed again with the same message ids:
+        // the shards drop the copies.
+        Some(legacy) => DeliverPolicy::ByStartSequence {
+            start_sequence: legacy.ack_floor.stream_sequence + 1,
+        },
+        None => {
+            let info = events
+                .get_info()
+                .await
+                .map_err(|e| BrokerError::new("reading events stream info", e))?;
+            if info.state.messages == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: info.state.last_sequence + 1,
+                }
+            }
         }
     };
     info!(?start, "creating the router consumer");
     match events.create_consumer(router_consumer(start)).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(e) => {
             let err = BrokerError::new("creating the router consumer", e);
             // Another replica created it first (with its own start, equally valid).
-            if err.kind == BrokerErrorKind::Conflict {
+            if err.kind != BrokerErrorKind::Conflict {
+                return Err(err);
+            }
+        }
+    }
+    remove_legacy_router(events).await
+}
+
+async fn router_consumer_info(
+    events: &stream::Stream,
+    name: &str,
+) -> Result<Option<jetstream::consumer::Info>, BrokerError> {
+    match events.consumer_info(name).await {
+        Ok(info) => Ok(Some(info)),
+        Err(e) => {
+            let err = BrokerError::new("looking up the router consumer", e);
+            if err.kind == BrokerErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Removes the router consumer of an earlier version once this one exists. Replicas of
+/// that version still running find no consumer and stop routing (they keep delivering);
+/// the events they held unacked are routed by this consumer, which starts below them.
+async fn remove_legacy_router(events: &stream::Stream) -> Result<(), BrokerError> {
+    match events.delete_consumer(names::LEGACY_ROUTER_CONSUMER).await {
+        Ok(_) => {
+            info!(
+                consumer = names::LEGACY_ROUTER_CONSUMER,
+                "router consumer of an earlier version removed"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let err = BrokerError::new("removing the earlier router consumer", e);
+            if err.kind == BrokerErrorKind::NotFound {
                 Ok(())
             } else {
                 Err(err)

@@ -1,4 +1,4 @@
-//! The router (docs/adr/0010): reads every event once, through the durable `hs_router`
+//! The router (docs/adr/0010): reads every event once, through the durable `hs_router_all`
 //! consumer on `HS_EVENTS` (no filter), and writes one delivery message per matching
 //! destination to its shard `hs.dlv.<k>.<destination_id>`.
 //!
@@ -8,8 +8,11 @@
 //!   every destination's deliveries.
 //! - Events are routed in windows of what has arrived: every delivery of the window is
 //!   published at once (pipelined), with `Nats-Msg-Id` = `<event seq>.<destination>`, and
-//!   the window's events are acked only after every PubAck. A crash routes the window
-//!   again with the same ids, and JetStream drops the copies.
+//!   the window is acked (one ack-all of its last event) only after every PubAck. A crash
+//!   routes the window again with the same ids, and JetStream drops the copies.
+//! - A window continues from the router's floor (`floor.rs`, docs/adr/0019): after a
+//!   takeover, the events the previous router held are routed before anything newer, and
+//!   no ack-all passes over them.
 //! - The destinations come from the registry; before a window is routed, the registry
 //!   must have applied every destination write the bucket held when the window was taken,
 //!   so a destination created before an event was published receives it, whichever
@@ -18,11 +21,12 @@
 //! - It imports nothing of `delivery/` but the one dead-letter path and the counters.
 
 mod decide;
+mod floor;
 pub mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -34,8 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use decide::{Decision, decide};
+use floor::{Gap, Held, Taken};
 
 use crate::broker::names::{self, headers as h};
+use crate::broker::setup::ROUTER_ACK_WAIT;
 use crate::broker::{Broker, BrokerError, BrokerErrorKind, doorbell};
 use crate::delivery::dead_letter;
 use crate::delivery::stats::StatsCounters;
@@ -50,6 +56,8 @@ const WINDOW: usize = 1_000;
 const IN_FLIGHT: usize = 4_096;
 /// How long a window waits for the registry to apply destination writes it is behind.
 const FRESHNESS_PATIENCE: Duration = Duration::from_secs(2);
+/// How often events waiting above a gap look again whether the gap is settled.
+const GAP_RECHECK: Duration = Duration::from_millis(250);
 
 pub struct Router {
     pub broker: Broker,
@@ -97,7 +105,7 @@ impl Router {
     pub async fn run(self) {
         while !self.token.is_cancelled() {
             match self.subscribe().await {
-                Ok(messages) => self.route_stream(messages).await,
+                Ok((messages, floor)) => self.route_stream(messages, floor).await,
                 Err(e) => {
                     warn!(error = %e, "router not subscribed yet; retrying");
                     self.pause(Duration::from_secs(1)).await;
@@ -106,14 +114,16 @@ impl Router {
         }
     }
 
-    async fn subscribe(&self) -> Result<pull::Stream, BrokerError> {
+    /// The pull stream, and the consumer's ack floor (where this router's floor starts).
+    async fn subscribe(&self) -> Result<(pull::Stream, u64), BrokerError> {
         let consumer: async_nats::jetstream::consumer::PullConsumer = self
             .broker
             .events
             .get_consumer(names::ROUTER_CONSUMER)
             .await
             .map_err(|e| BrokerError::new("looking up the router consumer", e))?;
-        consumer
+        let floor = consumer.cached_info().ack_floor.stream_sequence;
+        let messages = consumer
             .stream()
             .group(names::ROUTER_GROUP)
             .max_messages_per_batch(WINDOW)
@@ -122,37 +132,101 @@ impl Router {
             .heartbeat(Duration::from_millis(500))
             .messages()
             .await
-            .map_err(|e| BrokerError::new("pulling from the router consumer", e))
+            .map_err(|e| BrokerError::new("pulling from the router consumer", e))?;
+        Ok((messages, floor))
     }
 
-    async fn route_stream(&self, mut messages: pull::Stream) {
+    async fn route_stream(&self, mut messages: pull::Stream, floor: u64) {
+        let mut held = Held::new(floor);
+        let mut gap_checked: Option<Instant> = None;
+        let mut kept_alive = Instant::now();
         loop {
-            let first = tokio::select! {
+            // Held events that continue from the floor are routed without waiting (more
+            // than a window waited above a gap); above a gap, it is looked at again even
+            // if nothing arrives.
+            let ready = !held.is_empty() && held.gap().is_none();
+            let waiting = !held.is_empty() && !ready;
+            let next = tokio::select! {
                 _ = self.token.cancelled() => return,
-                next = messages.next() => next,
+                next = messages.next() => Some(next),
+                _ = std::future::ready(()), if ready => None,
+                _ = tokio::time::sleep(GAP_RECHECK), if waiting => None,
             };
-            let mut window = match first {
-                Some(Ok(msg)) => vec![msg],
-                Some(Err(e)) => {
-                    debug!(error = %e, "router pull");
-                    continue;
-                }
-                None => {
+            match next {
+                Some(Some(Ok(msg))) => self.hold(&mut held, msg).await,
+                Some(Some(Err(e))) => debug!(error = %e, "router pull"),
+                Some(None) => {
                     info!("router stream ended; subscribing again");
                     return;
                 }
-            };
-            while window.len() < WINDOW {
+                None => {}
+            }
+            for _ in 0..WINDOW {
                 match messages.next().now_or_never() {
-                    Some(Some(Ok(msg))) => window.push(msg),
+                    Some(Some(Ok(msg))) => self.hold(&mut held, msg).await,
                     _ => break,
                 }
             }
-            self.route_window(window).await;
+            let mut window = held.run(WINDOW);
+            if window.is_empty()
+                && !held.is_empty()
+                && gap_checked.is_none_or(|at| at.elapsed() >= GAP_RECHECK)
+            {
+                gap_checked = Some(Instant::now());
+                window = match floor::settle_gap(&self.broker.events, &mut held).await {
+                    Gap::Closed => held.run(WINDOW),
+                    Gap::NobodyElseHolds => held.all(WINDOW),
+                    Gap::Open => Vec::new(),
+                };
+            }
+            if window.is_empty() {
+                if !held.is_empty() && kept_alive.elapsed() >= ROUTER_ACK_WAIT / 3 {
+                    kept_alive = Instant::now();
+                    debug!(
+                        held = held.len(),
+                        "events wait for the ones another router held"
+                    );
+                    for msg in held.messages() {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                }
+                continue;
+            }
+            let last = window
+                .last()
+                .and_then(|msg| msg.info().ok())
+                .map_or(0, |info| info.stream_sequence);
+            if !self.route_window(window, &mut held).await {
+                return;
+            }
+            held.routed(last);
         }
     }
 
-    async fn route_window(&self, window: Vec<Message>) {
+    /// Takes a pulled event; one at or below the floor was routed already (its ack was
+    /// not seen in time): acked again.
+    async fn hold(&self, held: &mut Held, msg: Message) {
+        if let Taken::Settled(msg) = held.take(msg) {
+            self.ack_through(&msg, held).await;
+        }
+    }
+
+    /// An ack-all of `last`: every event up to it is settled on the server.
+    async fn ack_through(&self, last: &Message, held: &mut Held) {
+        let Ok(info) = last.info() else { return };
+        // An ack-all with an older delivery sequence than the last one is ignored by the
+        // server (after a takeover, redelivered events carry newer ones than events
+        // pulled before them): the events come back after the ack wait and are acked then.
+        if held.ack_counts(info.consumer_sequence)
+            && let Err(e) = last.ack().await
+        {
+            // Routed again after the ack wait, with the same ids: no duplicate deliveries.
+            warn!(error = %e, "router ack not sent");
+        }
+    }
+
+    /// Routes a window and acks it; answers false when cancelled before the ack.
+    async fn route_window(&self, window: Vec<Message>, held: &mut Held) -> bool {
         self.wait_for_fresh_registry().await;
         let mut pending: Vec<Pending> = Vec::new();
         let mut in_flight: VecDeque<usize> = VecDeque::new();
@@ -218,7 +292,7 @@ impl Router {
                 } => {
                     for (id, tenant) in destinations {
                         if !self.dead_letter(msg, seq, &id, &tenant, reason, &why).await {
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -265,7 +339,7 @@ impl Router {
                         .dead_letter(msg, seq, &id, &tenant, DlqReason::BacklogFull, why)
                         .await
                     {
-                        return;
+                        return false;
                     }
                     if let Some(count) = rung.get_mut(&id) {
                         *count = count.saturating_sub(1);
@@ -288,15 +362,12 @@ impl Router {
                     let _ = msg.ack_with(AckKind::Progress).await;
                 }
                 if !self.pause(Duration::from_secs(1)).await {
-                    return;
+                    return false;
                 }
             }
         }
-        for msg in &window {
-            if let Err(e) = msg.ack().await {
-                // Routed again after the ack wait, with the same ids: no duplicate deliveries.
-                warn!(error = %e, "router ack not sent");
-            }
+        if let Some(last) = window.last() {
+            self.ack_through(last, held).await;
         }
         metrics::counter!(m::EVENTS_ROUTED).increment(window.len() as u64);
         metrics::counter!(m::DELIVERIES_ROUTED).increment(deliveries);
@@ -305,6 +376,7 @@ impl Router {
             // The workers' shard scan finds the deliveries instead.
             warn!(error = %e, "doorbell not rung");
         }
+        true
     }
 
     async fn send(&self, p: &mut Pending, window: &[Message]) {
@@ -424,7 +496,7 @@ async fn keep_alive<T>(window: &[Message], work: impl Future<Output = T>) -> T {
     loop {
         tokio::select! {
             out = &mut work => return out,
-            _ = tokio::time::sleep(crate::broker::setup::ROUTER_ACK_WAIT / 3) => {
+            _ = tokio::time::sleep(ROUTER_ACK_WAIT / 3) => {
                 for msg in window {
                     let _ = msg.ack_with(AckKind::Progress).await;
                 }

@@ -128,6 +128,111 @@ async fn router_killed_mid_fan_out_loses_no_delivery_and_a_standby_takes_over() 
     );
 }
 
+/// The pinned router A is killed with a burst in its hands while events keep coming; the
+/// standby B takes over. An ordered destination still gets every event in the order of
+/// `HS_EVENTS`: B routes nothing newer than the events A held until they are back
+/// (they return after the router's ack wait, a second after the pin moves). Repeats of an
+/// event A had sent are allowed; a first arrival out of order is not.
+#[tokio::test]
+async fn router_takeover_keeps_an_ordered_destinations_order() {
+    const BURST: usize = 2_000;
+    const TRICKLE: usize = 400;
+    let nats = NatsServer::start().await;
+    let receiver = Receiver::start().await;
+    let mut a = ServiceProcess::spawn(&nats.url(), &[]).await;
+    let (status, body) = a
+        .post(
+            "/v1/destinations",
+            &json!({"url": receiver.url("/ordered"), "event_types": ["ord.*"], "ordered": true}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let js = jetstream::new(nats.client().await);
+    let message = |i: usize| {
+        let id = format!("ord-{i}");
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Hs-Tenant", "default");
+        headers.insert("Hs-Event-Type", "ord.step");
+        let body = json!({"id": id, "tenant": "default", "type": "ord.step",
+            "received_at": "2026-01-01T00:00:00Z", "data": {"i": i}});
+        (headers, bytes::Bytes::from(body.to_string()))
+    };
+    // A holds the pin: it routes the warm-up event before B exists.
+    let (headers, body) = message(0);
+    js.publish_with_headers("hs.ev.default.ord.step", headers, body)
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    assert!(
+        receiver
+            .recv_timeout(Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the warm-up event was not delivered; A:\n{}",
+        a.log()
+    );
+    let b = ServiceProcess::spawn(&nats.url(), &[]).await;
+
+    // A burst A is routing when it dies, then a trickle across the takeover.
+    let mut acks = Vec::with_capacity(BURST);
+    for i in 1..=BURST {
+        let (headers, body) = message(i);
+        acks.push(
+            js.publish_with_headers("hs.ev.default.ord.step", headers, body)
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    a.kill9();
+    let trickle = tokio::spawn(async move {
+        for i in BURST + 1..=BURST + TRICKLE {
+            let (headers, body) = message(i);
+            js.publish_with_headers("hs.ev.default.ord.step", headers, body)
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+
+    let mut first_arrivals: Vec<usize> = Vec::new();
+    let mut seen: HashSet<usize> = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < BURST + TRICKLE {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(r) = receiver.recv_timeout(left).await else {
+            panic!(
+                "{} of {} events within 120 s\nB:\n{}",
+                seen.len(),
+                BURST + TRICKLE,
+                b.log()
+            );
+        };
+        let i = r.json()["data"]["i"].as_u64().expect("data.i") as usize;
+        if i > 0 && seen.insert(i) {
+            first_arrivals.push(i);
+        }
+    }
+    trickle.await.expect("trickle");
+    let out_of_order: Vec<(usize, usize)> = first_arrivals
+        .windows(2)
+        .filter(|w| w[1] < w[0])
+        .map(|w| (w[0], w[1]))
+        .take(10)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "first arrivals out of order (earlier, later): {out_of_order:?}\nB:\n{}",
+        b.log()
+    );
+}
+
 /// `delivery.consumer_idle_secs` = 1: after a delivery the destination's consumer is
 /// removed by nats-server; the next event creates it again and arrives within the
 /// latency of a new event (the doorbell, one pull that finds no consumer, its creation
@@ -235,7 +340,7 @@ async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed(
     let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
     // The layout before routing: no router, a consumer per destination with its filters.
     events
-        .delete_consumer("hs_router")
+        .delete_consumer("hs_router_all")
         .await
         .expect("router consumer removed");
     let old = format!("dest_{destination}");
@@ -305,6 +410,145 @@ async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed(
             .is_none(),
         "nothing delivered twice"
     );
+}
+
+/// An upgrade from a version whose router consumer was `hs_router` with explicit acks
+/// (docs/adr/0019): the new version creates `hs_router_all` (ack policy all) right after
+/// the old one's ack floor and removes the old one. The events the old router held
+/// unacked (its replica stopped) are routed, also those it had acked above its floor
+/// (routed again with the same ids; here they were not routed before, so they arrive).
+#[tokio::test]
+async fn the_explicit_router_consumer_of_an_earlier_version_is_replaced_below_what_it_held() {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures::StreamExt;
+    let mut first = spawn_app_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    steps::create(
+        &first,
+        json!({"url": receiver.url("/up"), "event_types": ["legacy.*"]}),
+    )
+    .await;
+    first.stop().await;
+    let nats = first.nats.clone();
+    let js = jetstream::new(nats.client().await);
+    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    events
+        .delete_consumer("hs_router_all")
+        .await
+        .expect("router consumer removed");
+    let legacy: jetstream::consumer::PullConsumer = events
+        .create_consumer(pull::Config {
+            durable_name: Some("hs_router".into()),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(6),
+            ..Default::default()
+        })
+        .await
+        .expect("the earlier version's router consumer");
+    let mut wanted = Vec::new();
+    for i in 0..10 {
+        let id = format!("legacy-{i}");
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Hs-Tenant", "default");
+        let body = json!({"id": id, "tenant": "default", "type": "legacy.x",
+            "received_at": "2026-01-01T00:00:00Z", "data": {}});
+        js.publish_with_headers("hs.ev.default.legacy.x", headers, body.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        wanted.push(id);
+    }
+    // The old router pulled eight of them and acked two above its floor, then stopped
+    // (its pinned group left out here: only its acks matter).
+    let mut batch = legacy
+        .batch()
+        .max_messages(8)
+        .messages()
+        .await
+        .expect("pull");
+    let mut pulled = 0;
+    while let Some(msg) = batch.next().await {
+        let msg = msg.expect("message");
+        pulled += 1;
+        if pulled == 4 || pulled == 5 {
+            msg.ack().await.expect("ack");
+        }
+        if pulled == 8 {
+            break;
+        }
+    }
+    assert_eq!(pulled, 8);
+
+    let _second = spawn_app_on(&nats, |_| {}).await;
+    let got = receiver
+        .collect(wanted.len(), Duration::from_secs(20))
+        .await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids, wanted,
+        "every event the old router had not settled, once"
+    );
+    assert!(
+        events.consumer_info("hs_router").await.is_err(),
+        "the old router consumer is removed"
+    );
+    let info = events
+        .consumer_info("hs_router_all")
+        .await
+        .expect("the new router consumer");
+    assert_eq!(info.config.ack_policy, AckPolicy::All);
+}
+
+/// An event deleted from `HS_EVENTS` before it was routed leaves a gap in the router's
+/// sequence that nobody will fill: the router finds it empty and routes on (a router
+/// that waited for the gap to fill would deliver nothing after it; docs/adr/0019).
+#[tokio::test]
+async fn a_deleted_event_does_not_stop_the_router_at_its_gap() {
+    let mut first = spawn_app_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    steps::create(
+        &first,
+        json!({"url": receiver.url("/gap"), "event_types": ["gap.*"]}),
+    )
+    .await;
+    first.stop().await;
+    let nats = first.nats.clone();
+    let js = jetstream::new(nats.client().await);
+    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        let id = format!("gap-{i}");
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Hs-Tenant", "default");
+        let body = json!({"id": id, "tenant": "default", "type": "gap.x",
+            "received_at": "2026-01-01T00:00:00Z", "data": {}});
+        let ack = js
+            .publish_with_headers("hs.ev.default.gap.x", headers, body.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        seqs.push(ack.sequence);
+    }
+    for i in [2, 3] {
+        events.delete_message(seqs[i]).await.expect("event deleted");
+    }
+    let _second = spawn_app_on(&nats, |_| {}).await;
+    let got = receiver.collect(4, Duration::from_secs(20)).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["gap-0", "gap-1", "gap-4", "gap-5"]);
 }
 
 /// A destination without a consumer (nothing was ever routed to it) can be paused and
