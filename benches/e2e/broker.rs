@@ -10,8 +10,11 @@
 //!   loops over a WorkQueue stream's consumers on every ack).
 //! - `levers`: what each way of writing the router's copy costs nats-server (shard
 //!   publishes, router acks, lookup records).
+//! - `floor`: the NATS messages of one delivery in each layout, by a client doing nothing
+//!   else: what a delivery costs the broker at least.
 
 pub mod fast_batch;
+pub mod floor;
 pub mod levers;
 
 use std::collections::HashMap;

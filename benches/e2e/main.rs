@@ -93,6 +93,20 @@ async fn main() {
             );
         }
     }
+    // The broker's floor per delivery (docs/PERFORMANCE.md), broker alone.
+    {
+        use broker::floor::{self, Layout};
+        for layout in [
+            Layout::Old,
+            Layout::Routed { record: false },
+            Layout::Routed { record: true },
+        ] {
+            run!(
+                &format!("floor_delivery_{}", layout.label()),
+                floor::delivery_floor(layout, n(20_000))
+            );
+        }
+    }
     run!("ingest", scenarios::ingest(n(20_000)));
     run!("ingest_c32", scenarios::ingest_single(n(20_000), 32));
     for (fanout, events) in [(1, 20_000), (10, 10_000), (100, 2_000)] {
