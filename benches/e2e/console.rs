@@ -194,11 +194,10 @@ async fn publish(
 async fn wait_routed(js: &jetstream::Context) {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let mut consumer: jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream("hs_router", "HS_EVENTS")
+        let stream = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+        let info = crate::routing::router_info(&stream)
             .await
             .expect("the router consumer");
-        let info = consumer.info().await.expect("router info");
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             return;
         }

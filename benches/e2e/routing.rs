@@ -43,7 +43,7 @@ pub async fn route(fanout: usize, events: usize) -> Value {
     let mut first: Option<(Instant, u64)> = None;
     let mut floor = 0;
     while floor < last && Instant::now() < deadline {
-        if let Ok(info) = stream.consumer_info("hs_router").await {
+        if let Some(info) = router_info(&stream).await {
             floor = info.ack_floor.stream_sequence;
             if floor > 0 && first.is_none() {
                 first = Some((Instant::now(), floor));
@@ -67,4 +67,17 @@ pub async fn route(fanout: usize, events: usize) -> Value {
         "nats_cpu_s_per_100k_events": (ncpu1 - ncpu0) * 100_000.0 / events as f64,
         "worker_rss_mib": rss as f64 / 1048576.0,
     })
+}
+
+/// The router consumer's state: `hs_router_all` (ADR 0019), or `hs_router` for a binary
+/// from before it (`HOOKSTREAM_BENCH_BIN`).
+pub async fn router_info(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    for name in ["hs_router_all", "hs_router"] {
+        if let Ok(info) = stream.consumer_info(name).await {
+            return Some(info);
+        }
+    }
+    None
 }
