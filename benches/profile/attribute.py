@@ -39,7 +39,7 @@ CATEGORIES = {
         ("event publish and its PubAck", ["Ingestor::ingest_in_turn"]),
         ("request body parse", ["ApiJson", "api::json::parse"]),
         ("handler (the rest of post_event)", ["api::events::post_event"]),
-        ("access check", ["access::guard"]),
+        ("access check", ["access::guard", "api::access::check"]),
         ("other middleware (metrics, span, Retry-After, timeout)", ["api::edge", "count_requests", "trace_requests", "retry_after_on_503", "tower_http::"]),
         ("HTTP server (hyper: parse, write)", ["hyper::", "hyper_util::"]),
         ("NATS connection (protocol read and write)", ["async_nats::connect_with_options", "async_nats::connection", "async_nats::ConnectionHandler"]),

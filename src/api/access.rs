@@ -107,8 +107,20 @@ fn refusal(r: Refusal) -> ApiError {
     })
 }
 
-/// The layer: authenticate, check the role, and hold the handler to taking [`Access`].
-pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// The layer of a router without [`super::edge`] (a worker's health routes): [`check`].
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    check(&state, route.as_ref().map(MatchedPath::as_str), req, next).await
+}
+
+/// Authenticate, check the role, and hold the handler to taking [`Access`]. `route` is the
+/// matched route template, `None` for an unmatched path.
+pub async fn check(
+    state: &AppState,
+    route: Option<&str>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if !is_guarded(req.uri().path(), state.cfg.api.auth.protect_metrics) {
         return next.run(req).await;
     }
@@ -118,11 +130,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         Err(e) => return e.into_response(),
     };
     // An unmatched path is answered 404 by the fallback, whoever asks.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    if let Some(route) = &route
+    if let Some(route) = route
         && !need(req.method(), route).allows(principal.role)
     {
         return ApiError::Forbidden(format!(

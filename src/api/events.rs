@@ -2,7 +2,8 @@
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +32,25 @@ pub fn router() -> Router<AppState> {
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// What ingest reads from the request's headers, read from them in place (axum's
+/// `HeaderMap` extractor copies the whole map). A bad `Idempotency-Key` is answered by the
+/// handler, after the body's own checks, as when it read the headers itself.
+pub struct IngestHeaders {
+    key: Result<Option<String>, ApiError>,
+    trace: TraceContext,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IngestHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            key: idempotency_key(&parts.headers),
+            trace: trace_context(&parts.headers),
+        })
+    }
+}
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -86,14 +106,14 @@ fn accepted_response(accepted: Accepted) -> Response {
 pub async fn post_event(
     State(state): State<AppState>,
     access: Access,
-    headers: HeaderMap,
+    headers: IngestHeaders,
     ApiJson(mut event): ApiJson<NewEvent>,
 ) -> Result<Response, ApiError> {
     event.tenant = access.scope(event.tenant.take())?;
-    let key = idempotency_key(&headers)?;
+    let key = headers.key?;
     let accepted = state
         .ingestor
-        .ingest(event, key.as_deref(), &trace_context(&headers))
+        .ingest(event, key.as_deref(), &headers.trace)
         .await?;
     Ok(accepted_response(accepted))
 }
@@ -135,17 +155,17 @@ pub struct BatchAnswer {
 pub async fn post_batch(
     State(state): State<AppState>,
     access: Access,
-    headers: HeaderMap,
+    headers: IngestHeaders,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
+    let key = headers.key?;
     let outcomes = state
         .ingestor
         .ingest_batch(
             batch.events,
             state.cfg.events.max_batch,
             key.as_deref(),
-            &trace_context(&headers),
+            &headers.trace,
             |raw| -> Result<NewEvent, ApiError> {
                 let mut event: NewEvent = parse(raw.get().as_bytes())?;
                 event.tenant = access.scope(event.tenant.take())?;

@@ -1,11 +1,12 @@
 //! The HTTP API: one router per resource, the shared state, and the middleware that every
-//! route goes through (body limit, timeout, request metrics, Retry-After on 503, the
-//! request's server span, and the access guard of `/v1`: `access.rs`).
+//! route goes through (body limit, timeout, and `edge.rs`: request metrics, Retry-After on
+//! 503, the request's server span, and the access guard of `/v1`: `access.rs`).
 
 pub mod access;
 pub mod api_keys;
 pub mod destinations;
 pub mod dlq;
+mod edge;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -19,11 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
 use self::error::ApiError;
@@ -32,7 +33,6 @@ use crate::config::Config;
 use crate::destinations::DestinationStore;
 use crate::destinations::Registry;
 use crate::ingest::Ingestor;
-use crate::telemetry::metrics as m;
 
 /// What every handler and middleware reads. One `Arc`: axum clones the state into every
 /// layer of every request, and cloning a dozen handles (each an `Arc` or more) cost the
@@ -83,7 +83,6 @@ impl AppState {
 pub fn router(state: AppState, front: Router<AppState>) -> Router {
     let body_limit = state.cfg.api.body_limit_bytes;
     let timeout = state.cfg.api.request_timeout;
-    let retry_after = state.cfg.api.retry_after.as_secs().max(1);
     let timed = Router::new()
         .merge(events::router())
         .merge(destinations::router())
@@ -93,11 +92,16 @@ pub fn router(state: AppState, front: Router<AppState>) -> Router {
         .merge(openapi::router())
         .merge(front)
         .merge(api_keys::router())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(DefaultBodyLimit::max(body_limit));
+        // One layer for both (each `Router::layer` boxes every route once more, a boxed
+        // service clone and a boxed future per request); the timeout innermost as before.
+        .layer(
+            ServiceBuilder::new()
+                .layer(DefaultBodyLimit::max(body_limit))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    timeout,
+                )),
+        );
     Router::new()
         .merge(timed)
         // Uploads stream files of up to a gigabyte: their own body limit and timeout.
@@ -107,10 +111,9 @@ pub fn router(state: AppState, front: Router<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())
         })
-        // Innermost: a 401 or 403 is counted and gets the other layers like any answer.
-        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
-        // Outermost: the server span covers the whole request, timeout included.
-        .layer(middleware::from_fn_with_state(retry_after, edge))
+        // The server span, the request counter, Retry-After and (inside them, so that a
+        // 401 or 403 is counted like any answer) the access guard: one layer (`edge.rs`).
+        .layer(middleware::from_fn_with_state(state.clone(), edge::edge))
         .with_state(state)
 }
 
@@ -120,35 +123,6 @@ pub fn worker_router(state: AppState) -> Router {
     health::router()
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .with_state(state)
-}
-
-/// The outer layers of every request, in one `from_fn` (each such layer costs a boxed
-/// service clone and a boxed future per request): the server span (`traced.rs`), the
-/// request counter, and `Retry-After` on a 503 that has none.
-async fn edge(State(retry_after_secs): State<u64>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let method = req.method().to_string();
-    let span = traced::server_span(&req, &route);
-    let mut response = traced::run_in(span, req, next).await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE
-        && !response.headers().contains_key(header::RETRY_AFTER)
-    {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    }
-    metrics::counter!(
-        m::HTTP_REQUESTS,
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
-    response
 }
 
 /// `?limit=` and `?cursor=` of list routes.

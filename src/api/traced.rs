@@ -4,7 +4,6 @@
 //! seconds would bury the events' traces.
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
@@ -20,12 +19,13 @@ pub fn server_span(req: &Request, route: &str) -> Option<tracing::Span> {
     Some(spans::http_server(req.method(), route, req.headers()))
 }
 
-/// Runs the rest of the request inside `span` (when there is one) and records its status.
-pub async fn run_in(span: Option<tracing::Span>, req: Request, next: Next) -> Response {
+/// Runs the rest of the request (`rest`) inside `span` (when there is one) and records
+/// its status.
+pub async fn run_in(span: Option<tracing::Span>, rest: impl Future<Output = Response>) -> Response {
     let Some(span) = span else {
-        return next.run(req).await;
+        return rest.await;
     };
-    let response = next.run(req).instrument(span.clone()).await;
+    let response = rest.instrument(span.clone()).await;
     spans::record_http_server_status(&span, response.status().as_u16());
     response
 }
