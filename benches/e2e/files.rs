@@ -177,7 +177,18 @@ pub async fn files(lines: usize) -> Value {
     let nats = Nats::start();
     let publish = publish_rate(&nats, lines.min(300_000)).await;
     let receiver = Receiver::start().await;
-    let service = Service::start(&nats.url(), "serve", &[]).await;
+    // The destination is paused while the whole file goes in: without the per-destination
+    // backlog limit (ADR 0015, default 100,000), past which its deliveries would be
+    // dead-lettered and the delivery figure would wait for lines that never come.
+    let service = Service::start(
+        &nats.url(),
+        "serve",
+        &[(
+            "HOOKSTREAM_EVENTS__DELIVERY_MAX_PER_DESTINATION",
+            "0".to_string(),
+        )],
+    )
+    .await;
     let client = reqwest::Client::new();
     let base = service.base();
     // Paused while the file goes in: ingest is measured alone, delivery after it.

@@ -327,17 +327,8 @@ async fn a_different_shard_count_later_is_refused_with_the_existing_count() {
 #[tokio::test]
 async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed() {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-    let mut first = spawn_app_with(|_| {}).await;
     let receiver = Receiver::start().await;
-    let destination = steps::create(
-        &first,
-        json!({"url": receiver.url("/up"), "event_types": ["up.*"]}),
-    )
-    .await;
-    first.stop().await;
-    let nats = first.nats.clone();
-    let js = jetstream::new(nats.client().await);
-    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    let (nats, destination, js, events) = stopped_with_destination(&receiver, "/up", "up.*").await;
     // The layout before routing: no router, a consumer per destination with its filters.
     events
         .delete_consumer("hs_router_all")
@@ -361,20 +352,7 @@ async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed(
     let mut held = Vec::new();
     for (i, event_type) in ["up.a", "other.x", "up.b", "up.c"].iter().enumerate() {
         let id = format!("old-{i}");
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("Hs-Tenant", "default");
-        let body = json!({"id": id, "tenant": "default", "type": event_type,
-            "received_at": "2026-01-01T00:00:00Z", "data": {}});
-        js.publish_with_headers(
-            format!("hs.ev.default.{event_type}"),
-            headers,
-            body.to_string().into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+        publish_event(&js, &id, event_type).await;
         if event_type.starts_with("up.") {
             held.push(id);
         }
@@ -421,17 +399,8 @@ async fn an_old_per_destination_consumer_is_drained_into_the_shards_and_removed(
 async fn the_explicit_router_consumer_of_an_earlier_version_is_replaced_below_what_it_held() {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     use futures::StreamExt;
-    let mut first = spawn_app_with(|_| {}).await;
     let receiver = Receiver::start().await;
-    steps::create(
-        &first,
-        json!({"url": receiver.url("/up"), "event_types": ["legacy.*"]}),
-    )
-    .await;
-    first.stop().await;
-    let nats = first.nats.clone();
-    let js = jetstream::new(nats.client().await);
-    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    let (nats, _, js, events) = stopped_with_destination(&receiver, "/up", "legacy.*").await;
     events
         .delete_consumer("hs_router_all")
         .await
@@ -449,16 +418,7 @@ async fn the_explicit_router_consumer_of_an_earlier_version_is_replaced_below_wh
     let mut wanted = Vec::new();
     for i in 0..10 {
         let id = format!("legacy-{i}");
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("Hs-Tenant", "default");
-        let body = json!({"id": id, "tenant": "default", "type": "legacy.x",
-            "received_at": "2026-01-01T00:00:00Z", "data": {}});
-        js.publish_with_headers("hs.ev.default.legacy.x", headers, body.to_string().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        publish_event(&js, &id, "legacy.x").await;
         wanted.push(id);
     }
     // The old router pulled eight of them and acked two above its floor, then stopped
@@ -511,32 +471,11 @@ async fn the_explicit_router_consumer_of_an_earlier_version_is_replaced_below_wh
 /// that waited for the gap to fill would deliver nothing after it; docs/adr/0019).
 #[tokio::test]
 async fn a_deleted_event_does_not_stop_the_router_at_its_gap() {
-    let mut first = spawn_app_with(|_| {}).await;
     let receiver = Receiver::start().await;
-    steps::create(
-        &first,
-        json!({"url": receiver.url("/gap"), "event_types": ["gap.*"]}),
-    )
-    .await;
-    first.stop().await;
-    let nats = first.nats.clone();
-    let js = jetstream::new(nats.client().await);
-    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    let (nats, _, js, events) = stopped_with_destination(&receiver, "/gap", "gap.*").await;
     let mut seqs = Vec::new();
     for i in 0..6 {
-        let id = format!("gap-{i}");
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("Hs-Tenant", "default");
-        let body = json!({"id": id, "tenant": "default", "type": "gap.x",
-            "received_at": "2026-01-01T00:00:00Z", "data": {}});
-        let ack = js
-            .publish_with_headers("hs.ev.default.gap.x", headers, body.to_string().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
-        seqs.push(ack.sequence);
+        seqs.push(publish_event(&js, &format!("gap-{i}"), "gap.x").await);
     }
     for i in [2, 3] {
         events.delete_message(seqs[i]).await.expect("event deleted");
@@ -739,4 +678,50 @@ async fn a_consumer_with_file_state_is_replaced_by_one_with_memory_state() {
     assert_eq!(r.header("webhook-id"), Some(id.as_str()));
     let info = shard.consumer_info(&consumer).await.expect("consumer");
     assert!(info.config.memory_storage, "{:?}", info.config);
+}
+
+/// The first version of an upgrade: an app that created one destination (`pattern`, at
+/// `path` of `receiver`) and stopped. Its nats-server, the destination's id, and
+/// `HS_EVENTS`.
+async fn stopped_with_destination(
+    receiver: &Receiver,
+    path: &str,
+    pattern: &str,
+) -> (
+    std::sync::Arc<NatsServer>,
+    String,
+    jetstream::Context,
+    jetstream::stream::Stream,
+) {
+    let mut first = spawn_app_with(|_| {}).await;
+    let destination = steps::create(
+        &first,
+        json!({"url": receiver.url(path), "event_types": [pattern]}),
+    )
+    .await;
+    first.stop().await;
+    let nats = first.nats.clone();
+    let js = jetstream::new(nats.client().await);
+    let events = js.get_stream("HS_EVENTS").await.expect("HS_EVENTS");
+    (nats, destination, js, events)
+}
+
+/// An event `id` of `event_type` published straight on NATS, as a producer does; its
+/// `HS_EVENTS` sequence.
+async fn publish_event(js: &jetstream::Context, id: &str, event_type: &str) -> u64 {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    headers.insert("Hs-Tenant", "default");
+    let body = json!({"id": id, "tenant": "default", "type": event_type,
+        "received_at": "2026-01-01T00:00:00Z", "data": {}});
+    js.publish_with_headers(
+        format!("hs.ev.default.{event_type}"),
+        headers,
+        body.to_string().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored")
+    .sequence
 }
