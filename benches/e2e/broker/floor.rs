@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::levers::{events_config, idempotency_config};
 use crate::harness::{Nats, proc_stats};
 use crate::scenarios::preload_stream;
 
@@ -56,13 +57,7 @@ pub async fn delivery_floor(layout: Layout, total: usize) -> Value {
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = jetstream::new(client.clone());
     let events = js
-        .create_stream(stream::Config {
-            name: "HS_EVENTS".into(),
-            subjects: vec!["hs.ev.>".into(), "hs.to.>".into()],
-            duplicate_window: Duration::from_secs(120),
-            allow_direct: true,
-            ..Default::default()
-        })
+        .create_stream(events_config())
         .await
         .expect("events stream");
     js.create_stream(stream::Config {
@@ -100,18 +95,9 @@ pub async fn delivery_floor(layout: Layout, total: usize) -> Value {
                 .await
                 .expect("shard");
             if record {
-                js.create_stream(stream::Config {
-                    name: "KV_hs_idempotency".into(),
-                    subjects: vec!["$KV.hs_idempotency.>".into()],
-                    max_messages_per_subject: 1,
-                    discard: stream::DiscardPolicy::New,
-                    allow_direct: true,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    ..Default::default()
-                })
-                .await
-                .expect("idempotency bucket stream");
+                js.create_stream(idempotency_config())
+                    .await
+                    .expect("idempotency bucket stream");
             }
             let router = events
                 .create_consumer(consumer::pull::Config {

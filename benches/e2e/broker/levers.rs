@@ -83,6 +83,33 @@ fn lookup_record(n: usize) -> Out {
     }
 }
 
+/// `HS_EVENTS` as `broker/setup.rs` makes it (full means full, duplicate window 120 s).
+pub(super) fn events_config() -> stream::Config {
+    stream::Config {
+        name: "HS_EVENTS".into(),
+        subjects: vec!["hs.ev.>".into(), "hs.to.>".into()],
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The `hs_idempotency` bucket's stream as async-nats makes it, fast batches allowed.
+pub(super) fn idempotency_config() -> stream::Config {
+    stream::Config {
+        name: "KV_hs_idempotency".into(),
+        subjects: vec!["$KV.hs_idempotency.>".into()],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_direct: true,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_batch_publish: true,
+        ..Default::default()
+    }
+}
+
 /// The shard as `broker/setup.rs` makes it, fast batches allowed.
 pub(super) fn shard_config() -> stream::Config {
     stream::Config {
@@ -107,19 +134,8 @@ pub async fn shard_publish(how: Write, total: usize) -> Value {
 
 /// Lever 3: `total` lookup records to the `hs_idempotency` bucket's stream, written as `how`.
 pub async fn kv_record(how: Write, total: usize) -> Value {
-    let cfg = stream::Config {
-        name: "KV_hs_idempotency".into(),
-        subjects: vec!["$KV.hs_idempotency.>".into()],
-        max_messages_per_subject: 1,
-        discard: stream::DiscardPolicy::New,
-        allow_direct: true,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_batch_publish: true,
-        ..Default::default()
-    };
     let msgs: Vec<Out> = (0..total).map(lookup_record).collect();
-    let mut out = publish_run(cfg, &msgs, how).await;
+    let mut out = publish_run(idempotency_config(), &msgs, how).await;
     out["write"] = json!(how.label());
     out
 }
@@ -216,15 +232,7 @@ pub async fn router_acks(ack_all: bool, total: usize) -> Value {
     let nats = Nats::start();
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = jetstream::new(client.clone());
-    let events = js
-        .create_stream(stream::Config {
-            name: "HS_EVENTS".into(),
-            subjects: vec!["hs.ev.>".into(), "hs.to.>".into()],
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
+    let events = js.create_stream(events_config()).await.expect("stream");
     preload_stream(&js, total, 1).await;
     let router = events
         .create_consumer(consumer::pull::Config {
