@@ -28,6 +28,10 @@ use crate::ingest::Ingestor;
 use crate::router::{Router, upgrade};
 use crate::telemetry;
 
+/// How long a stopping service waits for the lookup records written behind the last
+/// 202s: a round trip each, unless NATS is failing (their retries take longer).
+const RECORDS_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Which parts this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -222,6 +226,10 @@ impl App {
         let grace = self.cfg.delivery.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!("grace period over; unacknowledged messages will be redelivered");
+        }
+        // The last 202s' lookup records may still be on their way (docs/adr/0020).
+        if !self.state.ingestor.records_settled(RECORDS_PATIENCE).await {
+            warn!("some lookup records of accepted events were not stored before stopping");
         }
         // Acks are fire-and-forget publishes: flush them before the connection goes.
         match tokio::time::timeout(Duration::from_secs(2), self.broker.client.flush()).await {

@@ -112,6 +112,14 @@ impl EventId {
         Self(format!("evt_{}", ulid::Ulid::new()))
     }
 
+    /// When an id of the [`EventId::generate`] shape was drawn (a ULID's first 48 bits
+    /// are its milliseconds); `None` for any other id. A client may send an id of this
+    /// shape too: the answer is then its own ULID's time.
+    pub fn drawn_at(&self) -> Option<std::time::SystemTime> {
+        let ulid = self.0.strip_prefix("evt_")?;
+        ulid::Ulid::from_string(ulid).ok().map(|u| u.datetime())
+    }
+
     /// The event id that an `Idempotency-Key` stands for. Deriving it (instead of drawing a
     /// fresh one) makes two concurrent requests with the same key publish the same
     /// `Nats-Msg-Id`, so JetStream's duplicate window catches the race the KV look-up cannot.
@@ -162,5 +170,17 @@ mod tests {
         assert_eq!(id1, EventId::from_idempotency_key(&a, "k1"));
         assert_ne!(id1, EventId::from_idempotency_key(&b, "k1"));
         assert!(EventId::parse(id1.as_str()).is_ok());
+    }
+
+    #[test]
+    fn a_drawn_id_tells_when_it_was_drawn_and_no_other_id_does() {
+        let before = std::time::SystemTime::now() - std::time::Duration::from_millis(1);
+        let drawn = EventId::generate()
+            .drawn_at()
+            .expect("a drawn id has a time");
+        assert!(drawn >= before && drawn <= std::time::SystemTime::now());
+        let keyed = EventId::from_idempotency_key(&TenantId::default(), "k");
+        assert_eq!(keyed.drawn_at(), None);
+        assert_eq!(EventId::parse("order-17").unwrap().drawn_at(), None);
     }
 }

@@ -8,6 +8,7 @@ pub mod event;
 pub mod ids;
 pub mod pattern;
 pub mod secret;
+pub mod timestamp;
 pub mod webhook;
 
 pub use attempt::{AttemptOutcome, AttemptRecord, DeliveryStatus};

@@ -9,6 +9,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_INGESTED: &str = "hookstream_events_ingested_total";
 pub const INGEST_DUPLICATES: &str = "hookstream_ingest_duplicates_total";
+/// Lookup records (`hs_idempotency`) of accepted events that could not be stored: the
+/// event is stored and delivered, but `GET /v1/events/{id}` does not find it.
+pub const IDEMPOTENCY_RECORDS_FAILED: &str = "hookstream_idempotency_records_failed_total";
 pub const DELIVERIES: &str = "hookstream_deliveries_total";
 pub const ATTEMPT_DURATION: &str = "hookstream_attempt_duration_seconds";
 pub const RETRIES_SCHEDULED: &str = "hookstream_retries_scheduled_total";

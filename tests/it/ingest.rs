@@ -274,6 +274,38 @@ async fn event_view_shows_the_event_and_its_status_per_destination() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// The lookup record of an id the API draws is written behind the 202 (ADR 0020): a
+/// read sent the moment the 202 arrives still finds the event, with its data.
+#[tokio::test]
+async fn an_event_is_found_by_its_id_the_moment_it_is_accepted() {
+    use futures::StreamExt;
+    let app = spawn_app().await;
+    let app = &app;
+    let reads: Vec<(String, StatusCode, Value, u64)> = futures::stream::iter(0..300u64)
+        .map(|i| async move {
+            let (status, accepted) = app
+                .post_event(json!({"type": "order.created", "data": {"i": i}}))
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+            let id = accepted["id"].as_str().expect("an id").to_string();
+            let (status, view) = app.get(&format!("/v1/events/{id}")).await;
+            (id, status, view, i)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (id, status, view, i) in reads {
+        assert_eq!(status, StatusCode::OK, "{id} not found at once: {view}");
+        assert_eq!(view["id"], id.as_str());
+        assert_eq!(view["event"]["data"], json!({"i": i}), "{view}");
+    }
+    // An id of the drawn shape that was never accepted is still not found, after the
+    // time its record could have taken.
+    let never = format!("evt_{}", ulid::Ulid::new());
+    let (status, body) = app.get(&format!("/v1/events/{never}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
 #[tokio::test]
 async fn event_view_does_not_list_destinations_created_after_the_event() {
     let app = spawn_app().await;

@@ -4,7 +4,10 @@
 //! concurrent retries (an `Idempotency-Key` maps to a derived event id, so racing requests
 //! publish the same id); the `hs_idempotency` bucket remembers every accepted id for the
 //! configured TTL (24 h) and answers later retries without publishing. Nothing serialises
-//! publishes across requests: each request awaits only its own PubAck.
+//! publishes across requests: each request awaits only its own PubAck. The record of an
+//! id the API drew is written behind the 202 ([`record`], docs/adr/0020).
+
+pub mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +15,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use tracing::{Instrument, warn};
+use serde::Serialize;
+use tracing::Instrument;
 
 use crate::broker::names::{self, headers as h};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
@@ -22,6 +25,8 @@ use crate::flow::Flow;
 use crate::model::{Envelope, EventId, NewEvent, TenantId};
 use crate::telemetry::metrics as m;
 use crate::telemetry::{propagation, spans};
+
+pub use record::{AcceptedRecord, Recorder, locate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -89,15 +94,6 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// What `hs_idempotency` stores for an accepted event id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AcceptedRecord {
-    pub tenant: String,
-    pub seq: u64,
-    #[serde(rename = "type")]
-    pub event_type: String,
-}
-
 /// W3C trace context carried from the producer's request into the message headers.
 #[derive(Debug, Clone, Default)]
 pub struct TraceContext {
@@ -110,15 +106,23 @@ pub struct Ingestor {
     broker: Broker,
     destinations: DestinationStore,
     flow: Arc<Flow>,
+    records: Recorder,
 }
 
 impl Ingestor {
     pub fn new(broker: Broker, destinations: DestinationStore, flow: Arc<Flow>) -> Self {
         Self {
+            records: Recorder::new(broker.clone()),
             broker,
             destinations,
             flow,
         }
+    }
+
+    /// Waits (at most `within`) for the lookup records still being written behind their
+    /// 202s; false if some are not stored yet. For a stopping service.
+    pub async fn records_settled(&self, within: Duration) -> bool {
+        self.records.settled(within).await
     }
 
     pub async fn ingest(
@@ -220,13 +224,13 @@ impl Ingestor {
             seq: ack.sequence,
             event_type: event_type.to_string(),
         };
-        let value: Bytes = serde_json::to_vec(&record)
-            .expect("record serialises")
-            .into();
-        if let Err(e) = self.broker.idempotency.put(&key, value).await {
-            // Accepted all the same: the event is stored. A retry within the duplicate
-            // window is still caught by JetStream.
-            warn!(event_id = %id, error = %e, "idempotency record not stored");
+        if generated {
+            // Nobody can retry with an id drawn here, nor know it before this answer:
+            // the record need not be stored before the 202 (docs/adr/0020).
+            self.records.write_behind(key, &record).await;
+        } else {
+            // A client that named the id may read it at once: stored before the 202.
+            self.records.write(&key, &record).await;
         }
         if ack.duplicate {
             metrics::counter!(m::INGEST_DUPLICATES).increment(1);
@@ -387,30 +391,7 @@ impl Ingestor {
     }
 
     async fn recall(&self, key: &str) -> Result<Option<AcceptedRecord>, IngestError> {
-        match self.broker.idempotency.get(key).await {
-            Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                let err = BrokerError::new("reading idempotency record", e);
-                Err(IngestError::Broker(err))
-            }
-        }
-    }
-}
-
-/// Where an accepted event is, if hookstream knows: its tenant and stream sequence.
-pub async fn locate(broker: &Broker, id: &EventId) -> Result<Option<AcceptedRecord>, BrokerError> {
-    match broker.idempotency.get(names::idempotency_key(id)).await {
-        Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
-        Ok(None) => Ok(None),
-        Err(e) => {
-            let err = BrokerError::new("reading idempotency record", e);
-            if err.kind == BrokerErrorKind::NotFound {
-                Ok(None)
-            } else {
-                Err(err)
-            }
-        }
+        Ok(record::read(&self.broker, key).await?)
     }
 }
 
