@@ -107,6 +107,16 @@ async fn main() {
             );
         }
     }
+    for lean in [false, true] {
+        run!(
+            if lean {
+                "floor_ingest_c32_lean"
+            } else {
+                "floor_ingest_c32"
+            },
+            broker::floor::ingest_floor(n(20_000), 32, lean)
+        );
+    }
     run!("ingest", scenarios::ingest(n(20_000)));
     run!("ingest_c32", scenarios::ingest_single(n(20_000), 32));
     for (fanout, events) in [(1, 20_000), (10, 10_000), (100, 2_000)] {

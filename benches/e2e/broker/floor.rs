@@ -13,6 +13,9 @@
 //!   NATS; the HTTP API writes its own).
 //! - `old`: the layout before routing: the destination's consumer on `HS_EVENTS` with its
 //!   filter, the attempt record and the ack.
+//!
+//! `ingest_floor` does the same for an event accepted over HTTP: its publish and its
+//! lookup record, each PubAck awaited.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::levers::{events_config, idempotency_config};
 use crate::harness::{Nats, proc_stats};
-use crate::scenarios::preload_stream;
+use crate::scenarios::{envelope, preload_stream};
 
 /// The worker's defaults: `delivery.pull_batch`, `default_max_in_flight`.
 const PULL_BATCH: usize = 64;
@@ -130,6 +133,113 @@ pub async fn delivery_floor(layout: Layout, total: usize) -> Value {
         "nats_cpu_s_per_100k": (ncpu1 - ncpu0) * per_100k,
         "client_cpu_s_per_100k": (cpu1 - cpu0) * per_100k,
     })
+}
+
+/// What one accepted event costs the broker at least (docs/PERFORMANCE.md, "The broker's
+/// floor per accepted event"): `in_flight` producers at once, each publishing an event as
+/// the API does (`Nats-Msg-Id` = a drawn id, the API's headers, a ~600 B envelope),
+/// awaiting its PubAck, then writing its lookup record to `hs_idempotency` and awaiting
+/// that PubAck too. No HTTP, no JSON parse, no spans: nats-server's CPU and the client's
+/// are what those two stored messages alone cost.
+///
+/// `lean`: each publish is a core request (`Client::send_request`, one timer) whose answer
+/// is parsed into the one field a PubAck needs, instead of `jetstream::Context::publish`
+/// (an ack permit, two timers, a boxed future, an untagged-enum parse).
+pub async fn ingest_floor(total: usize, in_flight: usize, lean: bool) -> Value {
+    let nats = Nats::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(events_config())
+        .await
+        .expect("events stream");
+    js.create_stream(idempotency_config())
+        .await
+        .expect("idempotency bucket stream");
+    let accept = |i: usize| {
+        let js = js.clone();
+        async move {
+            let id = format!("evt_{}", ulid::Ulid::new());
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            headers.insert("Hs-Event-Type", "bench.single");
+            headers.insert("Hs-Tenant", "default");
+            headers.insert("Hs-Recorded", "api");
+            let body = Bytes::from(envelope(i, "bench.single"));
+            let record_subject = format!("$KV.hs_idempotency.ev.{id}");
+            if lean {
+                let client = js.client();
+                let seq = lean_publish(&client, "hs.ev.default.bench.single", headers, body).await;
+                let record = json!({"tenant": "default", "seq": seq, "type": "bench.single"});
+                lean_publish(
+                    &client,
+                    &record_subject,
+                    HeaderMap::new(),
+                    record.to_string().into(),
+                )
+                .await;
+                return;
+            }
+            let stored = js
+                .publish_with_headers("hs.ev.default.bench.single", headers, body)
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+            let record =
+                json!({"tenant": "default", "seq": stored.sequence, "type": "bench.single"});
+            js.publish(record_subject, Bytes::from(record.to_string()))
+                .await
+                .expect("record")
+                .await
+                .expect("record stored");
+        }
+    };
+    // Warm the connection as the API's would be: not counted.
+    futures::stream::iter(0..in_flight * 10)
+        .map(accept)
+        .buffer_unordered(in_flight)
+        .for_each(|_| async {})
+        .await;
+    let (_, ncpu0) = proc_stats(nats.pid());
+    let (_, cpu0) = proc_stats(std::process::id());
+    let started = Instant::now();
+    futures::stream::iter(0..total)
+        .map(accept)
+        .buffer_unordered(in_flight)
+        .for_each(|_| async {})
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let (_, ncpu1) = proc_stats(nats.pid());
+    let (_, cpu1) = proc_stats(std::process::id());
+    json!({
+        "events": total, "in_flight": in_flight, "lean": lean,
+        "per_second": total as f64 / secs,
+        "nats_cpu_us_per_event": (ncpu1 - ncpu0) * 1e6 / total as f64,
+        "client_cpu_us_per_event": (cpu1 - cpu0) * 1e6 / total as f64,
+    })
+}
+
+/// A JetStream publish as a core request; the stream sequence of its PubAck.
+async fn lean_publish(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct PubAck {
+        seq: Option<u64>,
+    }
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(payload)
+        .timeout(Some(Duration::from_secs(5)));
+    let answer = client
+        .send_request(subject.to_string(), request)
+        .await
+        .expect("stored");
+    let ack: PubAck = serde_json::from_slice(&answer.payload).expect("a PubAck");
+    ack.seq.expect("stored, not refused")
 }
 
 /// A destination's consumer as the worker makes it: one filter, explicit acks.
