@@ -47,7 +47,9 @@ async fn main() {
     }
 
     let n = |base: usize| ((base as f64) * scale).max(1.0) as usize;
-    run!("raw_http", scenarios::raw_http(n(40_000)));
+    run!("raw_http", scenarios::raw_http(n(40_000), 64));
+    // At ingest_c32's concurrency: what the same client and receiver do at 32 in flight.
+    run!("raw_http_c32", scenarios::raw_http(n(40_000), 32));
     run!("raw_jetstream", scenarios::raw_jetstream(n(100_000)));
     run!("raw_fanout_1000_1f", broker::raw_fanout(1000, n(20_000), 1));
     run!("raw_fanout_1000_2f", broker::raw_fanout(1000, n(20_000), 2));

@@ -130,7 +130,7 @@ async fn preload_events(js: &jetstream::Context, indexes: &[usize], dests: usize
 }
 
 /// (1) The HTTP stack the workers use, straight to the receiver: the reference 1.0.
-pub async fn raw_http(total: usize) -> Value {
+pub async fn raw_http(total: usize, in_flight: usize) -> Value {
     let receiver = Receiver::start().await;
     let client = http_client();
     let body = bytes::Bytes::from(envelope(0, "bench.raw"));
@@ -148,13 +148,13 @@ pub async fn raw_http(total: usize) -> Value {
                 .send();
             async move { r.await.expect("post").status() }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(in_flight)
         .for_each(|_| async {})
         .await;
     let secs = started.elapsed().as_secs_f64();
     let (_, cpu1) = proc_stats(std::process::id());
     json!({
-        "requests": total, "per_second": total as f64 / secs,
+        "requests": total, "in_flight": in_flight, "per_second": total as f64 / secs,
         "cpu_s_per_100k": (cpu1 - cpu0) * 100_000.0 / total as f64,
     })
 }
