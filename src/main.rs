@@ -43,18 +43,34 @@ enum Command {
     Upload(hookstream::cli::upload::UploadArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let role = match cli.command {
         Command::Serve => Role::Serve,
         Command::Api => Role::Api,
         Command::Worker => Role::Worker,
         // A client of the HTTP API: no configuration, no logs, no NATS.
-        Command::Dlq(args) => return Ok(hookstream::cli::dlq::run(args).await?),
-        Command::Upload(args) => return Ok(hookstream::cli::upload::run(args).await?),
+        Command::Dlq(args) => return Ok(runtime(0)?.block_on(hookstream::cli::dlq::run(args))?),
+        Command::Upload(args) => {
+            return Ok(runtime(0)?.block_on(hookstream::cli::upload::run(args))?);
+        }
     };
+    // The configuration comes first: it says how many threads the runtime has.
     let cfg = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    runtime(cfg.runtime.worker_threads)?.block_on(serve(cfg, role))
+}
+
+/// The multi-threaded runtime, `threads` of them (0: one per CPU the process may use).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.build()
+}
+
+async fn serve(cfg: Config, role: Role) -> anyhow::Result<()> {
     let telemetry = hookstream::telemetry::logs::init(cfg.log.format)
         .context("invalid OpenTelemetry configuration (OTEL_* variables)")?;
     let app = App::build_with_role(cfg, role)

@@ -48,6 +48,15 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub ingest: IngestConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// The async runtime the service runs on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Runtime threads; 0 = one per CPU the process may use.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -478,6 +487,9 @@ mod tests {
             );
             assert_eq!(cfg.delivery.pull_batch, 64);
 
+            jail.set_env("HOOKSTREAM_RUNTIME__WORKER_THREADS", "1");
+            assert_eq!(Config::load(None).unwrap().runtime.worker_threads, 1);
+
             jail.set_env("HOOKSTREAM_DELIVERY__NO_SUCH_KEY", "1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("no_such_key"), "{err}");
@@ -487,6 +499,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
+        let mut cfg = Config::defaults();
+        cfg.runtime.worker_threads = 5_000;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("runtime.worker_threads"), "{err}");
         let mut cfg = Config::defaults();
         cfg.events.max_consumers = -1;
         let err = cfg.validate().unwrap_err().to_string();

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, invalid};
 
+/// More runtime threads than this is a typo, not a tuning.
+const MAX_WORKER_THREADS: usize = 1024;
+
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !is_subject_token(&self.subject_prefix) {
@@ -22,6 +25,12 @@ impl Config {
                     "{:?} is not an address like 127.0.0.1:8080",
                     self.api.listen
                 ),
+            ));
+        }
+        if self.runtime.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "runtime.worker_threads",
+                format!("at most {MAX_WORKER_THREADS} (0 = one per CPU)"),
             ));
         }
         let f = &self.flow;

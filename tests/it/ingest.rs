@@ -306,6 +306,53 @@ async fn an_event_is_found_by_its_id_the_moment_it_is_accepted() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
+/// A lookup record written behind the 202 that NATS refuses is written again until it is
+/// stored (ADR 0020): the event is found once the bucket takes writes again.
+#[tokio::test]
+async fn a_refused_lookup_record_is_written_again_until_it_is_stored() {
+    let app = spawn_app().await;
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    let mut bucket = js
+        .get_stream("KV_hs_idempotency")
+        .await
+        .expect("the bucket's stream");
+    // One record in the bucket, so that a limit of what it holds is not 0 (unlimited).
+    js.publish("$KV.hs_idempotency.ev.filler", "{}".into())
+        .await
+        .expect("filler sent")
+        .await
+        .expect("filler stored");
+    let info = bucket.info().await.expect("bucket info").clone();
+    // Full: with discard-new, every further record is refused.
+    let mut full = info.config.clone();
+    full.max_messages = info.state.messages as i64;
+    js.update_stream(full).await.expect("bucket made full");
+
+    let (status, accepted) = app
+        .post_event(json!({"type": "order.created", "data": {"n": 1}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["id"].as_str().expect("an id").to_string();
+    let (status, view) = app.get(&format!("/v1/events/{id}")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the record was refused: {view}"
+    );
+
+    js.update_stream(info.config.clone())
+        .await
+        .expect("bucket opened again");
+    let found = eventually(Duration::from_secs(15), async || {
+        match app.get(&format!("/v1/events/{id}")).await {
+            (StatusCode::OK, view) => Ok(view),
+            (status, view) => Err(format!("{id} still not found: {status} {view}")),
+        }
+    })
+    .await;
+    assert_eq!(found["event"]["data"], json!({"n": 1}), "{found}");
+}
+
 #[tokio::test]
 async fn event_view_does_not_list_destinations_created_after_the_event() {
     let app = spawn_app().await;
