@@ -159,7 +159,7 @@ impl Ingestor {
         let previous = if generated {
             None
         } else {
-            self.recall(&key).await?
+            record::read(&self.broker, &key).await?
         };
         if let Some(previous) = previous {
             if previous.tenant != tenant.as_str() {
@@ -388,10 +388,6 @@ impl Ingestor {
             span,
             event_type: envelope.event_type,
         })
-    }
-
-    async fn recall(&self, key: &str) -> Result<Option<AcceptedRecord>, IngestError> {
-        Ok(record::read(&self.broker, key).await?)
     }
 }
 

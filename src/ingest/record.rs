@@ -126,6 +126,7 @@ pub async fn read(broker: &Broker, key: &str) -> Result<Option<AcceptedRecord>, 
 /// be on its way behind the 202 (docs/adr/0020).
 pub async fn locate(broker: &Broker, id: &EventId) -> Result<Option<AcceptedRecord>, BrokerError> {
     let key = names::idempotency_key(id);
+    let drawn = id.drawn_at();
     let mut pauses = REREAD_PAUSES_MS.iter();
     loop {
         match read(broker, &key).await {
@@ -135,7 +136,7 @@ pub async fn locate(broker: &Broker, id: &EventId) -> Result<Option<AcceptedReco
             Err(e) => return Err(e),
         }
         match pauses.next() {
-            Some(&ms) if id.drawn_at().is_some_and(may_be_on_its_way) => {
+            Some(&ms) if drawn.is_some_and(may_be_on_its_way) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             _ => return Ok(None),
