@@ -198,6 +198,21 @@ async fn run_chaos(plan: Plan) {
     }
     let strangers = seen.ids_not_in(&report.accepted);
     assert!(strangers.is_empty(), "never accepted: {strangers:?}");
+    // The shipped accounts (nats/accounts.conf) allow everything the service sends: a
+    // refused publish (the doorbell once) fails silently but for this server error.
+    for replica in &replicas {
+        let refused: Vec<String> = replica
+            .log()
+            .lines()
+            .filter(|line| line.contains("Permissions Violation"))
+            .take(3)
+            .map(String::from)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "publishes refused by the accounts: {refused:?}"
+        );
+    }
     let delivered = report
         .accepted
         .iter()
