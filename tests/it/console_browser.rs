@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -107,6 +109,31 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
         .unwrap_or_else(|e| panic!("no {css} within {PATIENCE:?}: {e}"))
 }
 
+/// Finds `css` and reads it with `read`, finding it again when the page replaced the
+/// element between the find and the read: the destinations table is re-rendered every 3 s,
+/// and a form's answer page can still be loading when the find meets the page before it.
+async fn read<T, F, Fut>(browser: &Client, css: &str, read: F) -> T
+where
+    F: Fn(Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CmdError>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match read(wait_for(browser, css).await).await {
+            Ok(value) => return value,
+            Err(e) if e.is_stale_element_reference() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("reading {css}: {e}"),
+        }
+    }
+}
+
+/// The text of `css`, read as [`read`] does.
+async fn text_of(browser: &Client, css: &str) -> String {
+    read(browser, css, |element| async move { element.text().await }).await
+}
+
 #[tokio::test]
 async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replays_it() {
     let app = spawn_keyed_app().await;
@@ -166,18 +193,12 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
     assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{sent}");
     let event = sent["id"].as_str().unwrap().to_string();
     // The table refreshes itself: no reload.
-    let row = wait_for(
+    let colour = read(
         &browser,
-        &format!("tr[data-destination='{bad}'][data-health='failing']"),
+        &format!("tr[data-destination='{bad}'][data-health='failing'] .badge"),
+        |badge| async move { badge.css_value("background-color").await },
     )
     .await;
-    let colour = row
-        .find(Locator::Css(".badge"))
-        .await
-        .unwrap()
-        .css_value("background-color")
-        .await
-        .unwrap();
     assert_eq!(colour, "rgba(207, 34, 46, 1)", "the failing badge is red");
     wait_for(
         &browser,
@@ -197,9 +218,8 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
         .goto(&format!("{base}/console/destinations/{theirs}"))
         .await
         .unwrap();
-    let error = wait_for(&browser, ".error").await;
     assert!(
-        error.text().await.unwrap().starts_with("404"),
+        text_of(&browser, ".error").await.starts_with("404"),
         "another tenant's destination: 404"
     );
 
@@ -228,13 +248,13 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
         &format!("section[data-destination='{good}'][data-status='delivered']"),
     )
     .await;
-    let timeline = wait_for(
+    let timeline = text_of(
         &browser,
         &format!("section[data-destination='{bad}'] .timeline"),
     )
     .await;
     assert!(
-        timeline.text().await.unwrap().contains("HTTP 503"),
+        timeline.contains("HTTP 503"),
         "attempt status in the timeline"
     );
     shot(&browser, "event").await;
@@ -264,9 +284,11 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
         .click()
         .await
         .unwrap();
-    let report = wait_for(&browser, "#report").await;
+    // Each answer page is waited for by its outcome: both show a #report.
     assert!(
-        report.text().await.unwrap().contains("Dry run: 1"),
+        text_of(&browser, "#report[data-outcome='dry-run']")
+            .await
+            .contains("Dry run: 1"),
         "dry run counted it"
     );
     wait_for(&browser, "#confirm-replay")
@@ -274,8 +296,12 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
         .click()
         .await
         .unwrap();
-    let report = wait_for(&browser, "#report").await;
-    assert!(report.text().await.unwrap().contains("Replayed 1 of 1"));
+    assert!(
+        text_of(&browser, "#report[data-outcome='done']")
+            .await
+            .contains("Replayed 1 of 1"),
+        "the confirmed replay replayed it"
+    );
     let mut delivered = false;
     while let Some(request) = failing.recv_timeout(PATIENCE).await {
         if request.header("webhook-id") == Some(event.as_str()) {
@@ -319,9 +345,10 @@ async fn an_operator_follows_a_failing_destination_to_its_dead_letter_and_replay
         .await
         .unwrap();
     wait_for(&browser, "#status[data-status='done']").await;
-    let rejected = wait_for(&browser, "#rejected").await;
     assert!(
-        rejected.text().await.unwrap().contains("invalid JSON"),
+        text_of(&browser, "#rejected")
+            .await
+            .contains("invalid JSON"),
         "the rejected line and its reason"
     );
     shot(&browser, "upload").await;

@@ -151,7 +151,7 @@ pub async fn operate(
                 },
             )
             .await?;
-            html! { div.notice #report {
+            html! { div.notice #report data-outcome=(outcome(dry_run)) {
                 @if dry_run {
                     "Dry run: " (report.matched) " dead letters would be replayed"
                     @if !report.skipped.is_empty() { ", " (report.skipped.iter().map(|s| s.count).sum::<u64>()) " skipped (destination deleted or disabled)" }
@@ -178,7 +178,7 @@ pub async fn operate(
                 },
             )
             .await?;
-            html! { div.notice #report {
+            html! { div.notice #report data-outcome=(outcome(dry_run)) {
                 @if dry_run {
                     "Dry run: " (report.matched) " dead letters would be removed for good. "
                     form.inline method="post" action="/console/dlq/purge" {
@@ -193,4 +193,10 @@ pub async fn operate(
     };
     let body = listing(&state, &viewer, &f, Some(notice)).await?;
     Ok(page("Dead letters", Some(&viewer), body))
+}
+
+/// The report's `data-outcome`: which answer the page holds, for a script or a test to
+/// tell the confirmed operation's page from its dry run's (both show `#report`).
+fn outcome(dry_run: bool) -> &'static str {
+    if dry_run { "dry-run" } else { "done" }
 }
