@@ -3,7 +3,8 @@
 //! keeps that count per subject in memory). A worker scans at start (work left by a
 //! replica that stopped) and every `delivery.sweep_interval_ms` (deliveries whose ack wait
 //! expired on a replica that died, doorbells missed while reconnecting), and wakes those
-//! destinations. It costs one request per shard, whatever the number of destinations.
+//! destinations. It costs one request per shard, whatever the number of destinations,
+//! and one more for the gauge of the lookup records nats-server holds in memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,6 +99,18 @@ impl Scanner {
         metrics::gauge!(m::DESTINATIONS).set(self.registry.len() as f64);
         metrics::gauge!(m::CONSUMERS).set(report.consumers as f64);
         metrics::gauge!(m::CONSUMER_LIMIT).set(f64::from(self.max_consumers));
+        self.count_lookup_records().await;
         Ok(report)
+    }
+
+    /// Sets the gauge of `hs_idempotency`'s records: the figure that sizes nats-server's
+    /// memory (one key each). A failed read keeps the last figure and does not fail the
+    /// scan, whose job is waking destinations.
+    async fn count_lookup_records(&self) {
+        // A fresh STREAM.INFO: the store's own status() answers from the cached info.
+        match self.broker.idempotency.stream.get_info().await {
+            Ok(info) => metrics::gauge!(m::IDEMPOTENCY_RECORDS).set(info.state.messages as f64),
+            Err(e) => debug!(error = %e, "reading hs_idempotency's record count"),
+        }
     }
 }

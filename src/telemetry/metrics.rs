@@ -26,6 +26,10 @@ pub const DESTINATIONS: &str = "hookstream_destinations";
 /// Consumers on HS_EVENTS and the stream's limit (`events.max_consumers`).
 pub const CONSUMERS: &str = "hookstream_stream_consumers";
 pub const CONSUMER_LIMIT: &str = "hookstream_stream_consumer_limit";
+/// Lookup records held in `hs_idempotency`, one per event accepted within
+/// `idempotency.ttl_secs`, read once per shard scan (the same figure on every worker).
+/// nats-server keeps each key in memory, 0.2–0.4 KiB apiece (docs/PERFORMANCE.md).
+pub const IDEMPOTENCY_RECORDS: &str = "hookstream_idempotency_records";
 pub const HTTP_REQUESTS: &str = "hookstream_http_requests_total";
 /// Deliveries held back by a destination's rate limit or open circuit (no attempt used).
 /// Labels: `destination` (see [`destination_label`]), `reason` (`rate_limit`, `circuit_open`).

@@ -19,6 +19,7 @@ const ATTEMPTS_COUNT: &str = "hookstream_attempt_duration_seconds_count";
 const DUPLICATES: &str = "hookstream_ingest_duplicates_total";
 const HTTP: &str = "hookstream_http_requests_total";
 const BACKLOG: &str = "hookstream_consumer_backlog";
+const RECORDS: &str = "hookstream_idempotency_records";
 
 /// `/metrics`, every line checked against the text format.
 async fn scrape(app: &TestApp) -> Scrape {
@@ -184,6 +185,10 @@ async fn counters_move_by_exactly_what_happened() {
         Some("histogram")
     );
     assert_eq!(value(&swept, BACKLOG, &[("destination", &dst)]), 0.0);
+    // The lookup records nats-server holds: one per accepted event, none for the retry
+    // (this test's nats-server is its own). Read by the same sweep.
+    let swept = scrape_until(&app, |s| value(s, RECORDS, &[]) == 3.0).await;
+    assert_eq!(swept.types.get(RECORDS).map(String::as_str), Some("gauge"));
 }
 
 #[tokio::test]
