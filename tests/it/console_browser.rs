@@ -100,7 +100,7 @@ async fn shot(browser: &Client, name: &str) {
 }
 
 /// Waits for an element matching `css`.
-async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
+async fn wait_for(browser: &Client, css: &str) -> Element {
     browser
         .wait()
         .at_most(PATIENCE)
